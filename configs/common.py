@@ -1,0 +1,73 @@
+"""Defaults shared by every sweet_jax config (mesh, sharding rules, optimizer, logging)."""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Logical axis -> mesh axes. Parameters and activations name logical axes only;
+# this table decides data parallel / FSDP / tensor parallel placement.
+SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("length", None),
+    ("query", None),
+    ("patch", None),
+    ("codebook", None),
+    ("code", None),
+)
+
+PARAM_GROUPS = (
+    ("encoder", r"^encoder/"),
+    ("queries", r"^queries/"),
+    ("quantizer", r"^quantizer/"),
+    ("decoder", r"^decoder/"),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 32  # global, over all hosts
+
+  c.mesh = [("data", -1), ("fsdp", 1), ("model", 1)]
+  c.sharding_rules = [list(rule) for rule in SHARDING_RULES]
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="sweet_embedded_photos",
+      data_dir=config_dict.placeholder(str),  # None: $SWEET_JAX_DATA_DIR or ~/tensorflow_datasets
+      train_split="train",
+      eval_split="eval",
+      crop_min_scale=0.35,
+      crop_max_scale=1.0,
+      flip=True,
+      eval_preprocess="resize",
+      num_threads=2,
+      prefetch_buffer_size=4,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3,
+      warmup_steps=100,
+      end_lr_fraction=0.1,
+      b1=0.9,
+      b2=0.99,
+      weight_decay=1e-4,
+      clip_norm=1.0,
+      param_groups=[list(g) for g in PARAM_GROUPS],
+      # Per-group learning-rate multipliers; 0.0 freezes a group.
+      lr_mult=ml_collections.ConfigDict({name: 1.0 for name, _ in PARAM_GROUPS}),
+  ))
+
+  # Loss weights (evaluated as step -> value schedules inside the step).
+  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0))
+
+  c.log_every_steps = 50
+  c.summary_every_steps = 250
+  c.checkpoint_every_steps = 250
+  c.keep_checkpoints = 3
+  c.eval_batch_size = 32
+  c.num_summary_images = 8
+  return c

@@ -1,0 +1,80 @@
+r"""SweetTokenizer, image CQAE with an L2-normalised VQ codebook.
+
+Variants (`--config=configs/sweet_image.py:VARIANT`):
+
+  cpu       the main job: embedded real photos (scikit-image), 64x64 crops,
+            32 tokens x 4096 codes. About 10 minutes on 2 CPU cores.
+            ./launch/local.sh   (or)
+            python -m sweet_jax.main --config=configs/sweet_image.py:cpu --workdir=workdirs/cpu
+            Expected (held-out crops): PSNR above the bit-matched bicubic thumbnail
+            (32 x 12 = 384 bits = a 4x4 RGB thumbnail); see README for the numbers.
+  runlocal  a tiny model for tests (seconds).
+  B, L      ImageNet 256x256, patch 16, 256 query tokens:
+            python -m sweet_jax.main --config=configs/sweet_image.py:B \
+              --workdir=gs://BUCKET/sweet_image_B --config.data.data_dir=gs://BUCKET/tfds
+            (imagenet2012 prepared once with TFDS, file_format=array_record.)
+
+Override any field with --config.FIELD=VALUE, e.g. --config.total_steps=200.
+"""
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("cpu", "runlocal", "B", "L")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "cpu"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of sweet_image; choose one of {VARIANTS}")
+  c = common.base_config()
+  c.variant = variant
+  image_size = ml_collections.FieldReference(64)
+  c.data.image_size = image_size
+  c.model = ml_collections.ConfigDict(dict(
+      name="cqae_image",
+      image_size=image_size,
+      patch_size=8,
+      width=128,
+      num_heads=4,
+      mlp_ratio=4.0,
+      encoder_depth=4,
+      decoder_depth=4,
+      num_queries=32,
+      codebook_size=4096,
+      code_dim=12,
+  ))
+
+  if variant == "cpu":
+    c.total_steps = 1500
+    c.batch_size = 32
+    c.optim.warmup_steps = 100
+  elif variant == "runlocal":
+    image_size.set(32)
+    c.model.update(width=32, num_heads=2, encoder_depth=1, decoder_depth=1,
+                   num_queries=8, codebook_size=64, code_dim=8)
+    c.total_steps = 6
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.num_summary_images = 4
+    c.optim.warmup_steps = 2
+    c.log_every_steps = 2
+    c.summary_every_steps = 3
+    c.checkpoint_every_steps = 2
+  else:  # ImageNet-256 production sizes.
+    image_size.set(256)
+    size = {"B": dict(width=768, num_heads=12, encoder_depth=12, decoder_depth=12),
+            "L": dict(width=1024, num_heads=16, encoder_depth=24, decoder_depth=24)}[variant]
+    c.model.update(patch_size=16, num_queries=256, codebook_size=16384, code_dim=16, **size)
+    c.data.update(name="imagenet2012", train_split="train", eval_split="validation",
+                  crop_min_scale=0.8, eval_preprocess="resize_shorter_center_crop",
+                  num_threads=16, prefetch_buffer_size=8)
+    c.batch_size = 256
+    c.eval_batch_size = 256
+    c.total_steps = 500_000
+    c.optim.update(lr=1e-4, warmup_steps=10_000, end_lr_fraction=0.1, b2=0.99)
+    c.log_every_steps = 100
+    c.summary_every_steps = 5_000
+    c.checkpoint_every_steps = 5_000
+  return c

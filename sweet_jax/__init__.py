@@ -1,0 +1,1 @@
+"""sweet_jax: compact, semantic visual tokenizers in JAX/Flax."""

@@ -1,0 +1,192 @@
+"""The one input path: a TFDS random-access source read through grain.
+
+Training and evaluation, on the embedded photos and on ImageNet alike, go
+through these functions, so that what is tested on the small dataset is what
+runs at scale. Each host reads its own `process_index::process_count` slice;
+randomness is a pure function of (seed, host, element index), which makes
+the train iterator resumable from a small JSON state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sweet_jax.data import preprocess
+from sweet_jax.data.builders import embedded_photos  # Registers the builder with TFDS.
+
+EMBEDDED_PHOTOS = embedded_photos.EmbeddedPhotos.name
+DATA_DIR_ENV = "SWEET_JAX_DATA_DIR"
+EvalPreprocess = Literal["resize", "resize_shorter_center_crop"]
+_EVAL_PREPROCESS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "resize": preprocess.resize,
+    "resize_shorter_center_crop": preprocess.resize_shorter_center_crop,
+}
+
+
+def default_data_dir() -> str:
+  """`$SWEET_JAX_DATA_DIR`, else `~/tensorflow_datasets`."""
+  return os.environ.get(DATA_DIR_ENV) or os.path.expanduser("~/tensorflow_datasets")
+
+
+def get_data_source(name: str, split: str, data_dir: str | None = None) -> Any:
+  """Random-access source of one TFDS split (decoded numpy examples).
+
+  `sweet_embedded_photos` is built into `data_dir` on first use (about 2 s,
+  offline) and reused afterwards; any other dataset must already be prepared
+  there as ArrayRecord (e.g. `tfds build imagenet2012 --file_format=array_record`),
+  or be mocked with `tfds.testing.mock_data`.
+  """
+  data_dir = data_dir or default_data_dir()
+  try:
+    return tfds.data_source(
+        name,
+        split=split,
+        data_dir=data_dir,
+        download=name == EMBEDDED_PHOTOS,
+        # Needed: with an explicit data_dir tfds would otherwise build TFRecord.
+        builder_kwargs={"file_format": "array_record"},
+    )
+  except (KeyError, ValueError, FileNotFoundError) as e:
+    reason = str(e.args[0] if e.args else e).splitlines()[0]
+    if isinstance(e, KeyError):  # How tfds reports an unprepared dataset (no splits).
+      reason += (
+          f" Prepare it there as ArrayRecord first, e.g. `tfds build {name} "
+          f"--data_dir={data_dir} --file_format=array_record`."
+      )
+    raise ValueError(
+        f"Cannot read TFDS dataset {name!r}, split {split!r}, from data_dir {data_dir!r}: {reason}"
+    ) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _RandomCrop(grain.transforms.RandomMap):
+  """Random resized crop of `image`; picklable, so it also runs in grain workers."""
+
+  size: int
+  scale: tuple[float, float]
+  flip: bool
+
+  def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    image = preprocess.random_resized_crop(element["image"], self.size, rng, self.scale, self.flip)
+    return {**element, "image": image}
+
+
+def _image_only(element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  return {"image": element["image"]}
+
+
+def make_train_iterator(
+    source: Any,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    crop_scale: tuple[float, float],
+    flip: bool,
+    process_index: int,
+    process_count: int,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+) -> grain.DatasetIterator:
+  """Endless iterator of `{"image": uint8 [global_batch_size // process_count, S, S, 3]}`.
+
+  Each host shuffles its own slice of `source` (reshuffled every epoch) and
+  takes a fresh random crop of every element. `get_state()` / `set_state()` (or
+  orbax with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume
+  on exactly the next batch. `prefetch_buffer_size` counts batches: grain's
+  default of 500 would hold gigabytes.
+  """
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  ds = _host_slice(source, process_index, process_count)
+  if len(ds) == 0:
+    raise ValueError(f"Host {process_index} of {process_count} gets no training examples: the source has {len(source)}.")
+  shuffle_seed, crop_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
+  ds = (
+      ds.shuffle(seed=int(shuffle_seed))
+      .repeat()
+      .random_map(_RandomCrop(image_size, tuple(crop_scale), flip), seed=int(crop_seed))
+      .map(_image_only)
+      .batch(local_batch_size, drop_remainder=True)
+  )
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+  return iter(ds.to_iter_dataset(read_options))
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalView(grain.transforms.Map):
+  """Deterministic eval view of a real example, marked valid."""
+
+  size: int
+  preprocess: EvalPreprocess
+
+  def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    image = _EVAL_PREPROCESS[self.preprocess](element["image"], self.size)
+    return {"image": image, "mask": np.True_}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Padding(grain.transforms.Map):
+  """A black, masked-out example that evens out the hosts' batch counts."""
+
+  size: int
+
+  def map(self, element: int) -> dict[str, np.ndarray]:
+    del element
+    return {"image": np.zeros((self.size, self.size, 3), np.uint8), "mask": np.False_}
+
+
+def make_eval_batches(
+    source: Any,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    process_index: int,
+    process_count: int,
+    preprocess: EvalPreprocess = "resize",
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+) -> grain.IterDataset:
+  """One pass over `source` as `{"image": uint8 [b, S, S, 3], "mask": bool [b]}` batches.
+
+  `b = global_batch_size // process_count`. Over all hosts every example
+  appears exactly once with `mask=True`, in a fixed order; the rest is padding
+  with `mask=False`, so that every host yields the same number of batches
+  (equal-step evaluation, as in big_vision) and no host waits in a collective.
+  The returned dataset can be iterated again and gives the same batches.
+  """
+  if preprocess not in _EVAL_PREPROCESS:
+    raise ValueError(f"preprocess must be one of {sorted(_EVAL_PREPROCESS)}, got {preprocess!r}.")
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  ds = _host_slice(source, process_index, process_count).map(_EvalView(image_size, preprocess))
+  # The first host holds the most examples: ceil(len / process_count).
+  num_batches = math.ceil(math.ceil(len(source) / process_count) / local_batch_size)
+  num_padding = num_batches * local_batch_size - len(ds)
+  if num_padding:
+    padding = grain.MapDataset.range(num_padding).map(_Padding(image_size))
+    ds = grain.MapDataset.concatenate([ds, padding])
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+  return ds.batch(local_batch_size).to_iter_dataset(read_options)
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(
+        f"global_batch_size ({global_batch_size}) must be a positive multiple of "
+        f"the number of processes ({process_count})."
+    )
+  return global_batch_size // process_count
+
+
+def _host_slice(source: Any, process_index: int, process_count: int) -> grain.MapDataset:
+  """This host's examples: `process_index`, `process_index + process_count`, ..."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  return grain.MapDataset.source(source)[process_index::process_count]

@@ -1,0 +1,1 @@
+"""Evaluation of visual tokenizers: reconstruction metrics, baselines, image grids."""

@@ -1,0 +1,45 @@
+"""Image helpers for qualitative eval: float -> uint8, reconstruction grids, PNG output."""
+
+import pathlib
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Float images in [0, 1] (numpy or jax) -> uint8, clipping then rounding."""
+  return np.round(np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def make_grid(rows: Sequence[np.ndarray], pad: int = 2, pad_value: int = 255) -> np.ndarray:
+  """Tiles equal-shape uint8 [N, H, W, C] arrays, one per row (e.g. originals over recons).
+
+  `pad` pixels of `pad_value` separate the tiles and frame the grid, so the result is
+  [R * H + (R + 1) * pad, N * W + (N + 1) * pad, C].
+  """
+  if not rows:
+    raise ValueError('make_grid needs at least one row.')
+  shape = rows[0].shape
+  if any(row.shape != shape for row in rows) or len(shape) != 4:
+    raise ValueError(f'rows must share one [N, H, W, C] shape, got {[r.shape for r in rows]}.')
+  n, height, width, channels = shape
+  grid = np.full(
+      (len(rows) * height + (len(rows) + 1) * pad, n * width + (n + 1) * pad, channels),
+      pad_value, dtype=np.uint8)
+  for r, row in enumerate(rows):
+    top = pad + r * (height + pad)
+    for c, image in enumerate(row):
+      left = pad + c * (width + pad)
+      grid[top:top + height, left:left + width] = image
+  return grid
+
+
+def save_png(path: str | pathlib.Path, image: np.ndarray) -> None:
+  """Writes a uint8 [H, W, C] (C in {1, 3, 4}) or [H, W] image, creating parent dirs."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  Image.fromarray(image).save(path, format='PNG')

@@ -1,0 +1,185 @@
+"""The image Cross-attention Query AutoEncoder (CQAE) of SweetTokenizer.
+
+Data flow (shapes for a batch of B images of side S, patch p, N = (S/p)^2):
+
+  encoder   patches [B,N,p*p*3] -> Dense -> +pos -> L transformer blocks,
+            keeping the output of every block: feats[0..L-1]    [B,N,D]
+  queries   Q learnable query tokens (+ their own position embeddings); in
+            layer i they self-attend and cross-attend to feats[i] (the official
+            layer-i-to-layer-i scheme, papers.md §1.2) -> LN -> Dense -> [B,Q,d]
+  quantizer L2-normalised VQ over a K x d codebook (straight-through)
+  decoder   Dense(d->D) + pos -> L latent blocks (self-attention), keeping every
+            block's output; N mask tokens (one learned token + a position
+            embedding per patch) self-attend and, in layer i, cross-attend to
+            the i-th latent output; LN -> Dense(p*p*3) -> unpatchify.
+
+Images are float in [-1, 1]. The official code feeds [-0.5, 0.5] and, in its
+first stage, predicts proxy codes of a frozen OmniTokenizer; we regress pixels
+directly (the pixel stage of the official recipe) because no proxy tokenizer
+weights exist offline.
+
+Top-level submodules are the parameter groups used by the optimizer:
+`encoder`, `queries`, `quantizer`, `decoder`.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sweet_jax.models.layers import (Block, LayerNorm, learned_embedding, param_init,
+                                     patchify, unpatchify)
+from sweet_jax.quantizers import VectorQuantizer
+
+
+def _dense(features: int, names: tuple[str, str], name: str) -> nn.Dense:
+  return nn.Dense(
+      features,
+      kernel_init=param_init(nn.initializers.xavier_uniform(), names),
+      bias_init=param_init(nn.initializers.zeros, (names[1],)),
+      name=name,
+  )
+
+
+class PatchEncoder(nn.Module):
+  """ViT over patches; returns the output of every block."""
+
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> list[jax.Array]:
+    patches = patchify(images, self.patch_size)
+    x = _dense(self.width, ("patch", "embed"), "patch_embed")(patches)
+    x = x + learned_embedding(self, "pos_embed", (patches.shape[1], self.width), ("length", "embed"))
+    features = []
+    for i in range(self.depth):
+      x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x)
+      features.append(x)
+    return features
+
+
+class QueryEncoder(nn.Module):
+  """Learnable spatial queries that read the patch features layer by layer."""
+
+  num_queries: int
+  width: int
+  num_heads: int
+  mlp_ratio: float
+  code_dim: int
+
+  @nn.compact
+  def __call__(self, features: list[jax.Array]) -> jax.Array:
+    batch = features[0].shape[0]
+    shape = (self.num_queries, self.width)
+    tokens = learned_embedding(self, "tokens", shape, ("query", "embed"), self.width**-0.5)
+    pos = learned_embedding(self, "pos_embed", shape, ("query", "embed"), self.width**-0.5)
+    x = jnp.broadcast_to(tokens + pos, (batch,) + shape)
+    for i, feature in enumerate(features):
+      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(x, feature)
+    x = LayerNorm(name="ln_post")(x)
+    return _dense(self.code_dim, ("embed", "code"), "to_latent")(x)
+
+
+class QueryDecoder(nn.Module):
+  """Mask tokens at every patch position read the decoded latent tokens."""
+
+  image_size: int
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  num_queries: int
+
+  @nn.compact
+  def __call__(self, codes: jax.Array) -> jax.Array:
+    batch = codes.shape[0]
+    z = _dense(self.width, ("code", "embed"), "from_latent")(codes)
+    z = z + learned_embedding(self, "latent_pos_embed", (self.num_queries, self.width), ("query", "embed"))
+    latents = []
+    for i in range(self.depth):
+      z = Block(self.num_heads, self.mlp_ratio, name=f"latent_block_{i}")(z)
+      latents.append(z)
+
+    grid = self.image_size // self.patch_size
+    num_patches = grid * grid
+    mask = learned_embedding(self, "mask_token", (1, self.width), (None, "embed"))
+    pos = learned_embedding(self, "pos_embed", (num_patches, self.width), ("length", "embed"))
+    x = jnp.broadcast_to(mask + pos, (batch, num_patches, self.width))
+    for i, latent in enumerate(latents):
+      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(x, latent)
+    x = LayerNorm(name="ln_post")(x)
+    pixels = _dense(self.patch_size**2 * 3, ("embed", "patch"), "to_pixels")(x)
+    return unpatchify(pixels, self.patch_size, self.image_size, self.image_size)
+
+
+class ImageCQAE(nn.Module):
+  """SweetTokenizer's image CQAE with an L2-normalised VQ bottleneck.
+
+  Method surface shared by every tokenizer in sweet_jax:
+  `encode`, `quantize`, `decode`, `encode_to_indices`, `decode_from_indices`,
+  and `__call__(images) -> (reconstruction, aux)`.
+  """
+
+  image_size: int = 64
+  patch_size: int = 8
+  width: int = 256
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  encoder_depth: int = 4
+  decoder_depth: int = 4
+  num_queries: int = 32
+  codebook_size: int = 1024
+  code_dim: int = 16
+
+  def setup(self):
+    if self.image_size % self.patch_size:
+      raise ValueError(
+          f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
+    self.encoder = PatchEncoder(self.patch_size, self.width, self.encoder_depth,
+                                self.num_heads, self.mlp_ratio)
+    self.queries = QueryEncoder(self.num_queries, self.width, self.num_heads,
+                                self.mlp_ratio, self.code_dim)
+    self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim)
+    self.decoder = QueryDecoder(self.image_size, self.patch_size, self.width, self.decoder_depth,
+                                self.num_heads, self.mlp_ratio, self.num_queries)
+
+  def _check_images(self, images: jax.Array) -> None:
+    expected = (self.image_size, self.image_size, 3)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise ValueError(f"expected images [B, {self.image_size}, {self.image_size}, 3], "
+                       f"got {tuple(images.shape)}")
+
+  def encode(self, images: jax.Array) -> jax.Array:
+    """Images [B,S,S,3] in [-1,1] -> continuous latents [B,Q,d]."""
+    self._check_images(images)
+    return self.queries(self.encoder(images))
+
+  def quantize(self, latents: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    return self.quantizer(latents)
+
+  def decode(self, codes: jax.Array) -> jax.Array:
+    """Codes [B,Q,d] -> images [B,S,S,3] (unclipped)."""
+    return self.decoder(codes)
+
+  def encode_to_indices(self, images: jax.Array) -> jax.Array:
+    """Images -> token indices [B,Q] (int32)."""
+    _, aux = self.quantize(self.encode(images))
+    return aux["indices"].astype(jnp.int32)
+
+  def decode_from_indices(self, indices: jax.Array) -> jax.Array:
+    return self.decode(self.quantizer.lookup(indices))
+
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    codes, aux = self.quantize(self.encode(images))
+    return self.decode(codes), aux
+
+  @property
+  def bits_per_image(self) -> float:
+    """Tokens x log2(codebook size): the information budget of one image."""
+    return self.num_queries * float(jnp.log2(self.codebook_size))

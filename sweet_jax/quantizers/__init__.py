@@ -1,0 +1,5 @@
+"""Quantizers. Each maps latents [..., d] to (codes [..., d], aux dict) and back from indices."""
+
+from sweet_jax.quantizers.vq import VectorQuantizer
+
+__all__ = ["VectorQuantizer"]

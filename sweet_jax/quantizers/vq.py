@@ -1,0 +1,54 @@
+"""L2-normalised vector quantization with a straight-through estimator.
+
+Latents and codebook rows are both projected onto the unit sphere (ViT-VQGAN /
+TiTok style), so the nearest code in L2 is the one with the largest cosine.
+This keeps a large codebook in use without k-means or restarts.
+
+Losses are returned *unweighted*: the train step applies the configured (and
+possibly scheduled) commitment and codebook weights. Note that the official
+SweetTok code keeps the "legacy" taming weighting (1.0 on the encoder
+commitment term, 0.25 on the codebook term); our defaults are the VQ-VAE
+convention (commitment 0.25, codebook 1.0), set in the config.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sweet_jax.models.layers import l2_normalize, param_init
+
+
+class VectorQuantizer(nn.Module):
+  codebook_size: int
+  code_dim: int
+
+  def setup(self):
+    self.codebook = self.param(
+        "codebook",
+        param_init(nn.initializers.normal(1.0), ("codebook", "code")),
+        (self.codebook_size, self.code_dim),
+    )
+
+  def normalized_codebook(self) -> jax.Array:
+    return l2_normalize(self.codebook)
+
+  def __call__(self, latents: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    if latents.shape[-1] != self.code_dim:
+      raise ValueError(f"latents have width {latents.shape[-1]}, the codebook {self.code_dim}")
+    z = l2_normalize(latents.astype(jnp.float32))
+    codebook = self.normalized_codebook()
+    similarity = jnp.einsum("...d,kd->...k", z, codebook)
+    indices = jnp.argmax(similarity, axis=-1)
+    quantized = jnp.take(codebook, indices, axis=0)
+    commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(quantized)))
+    codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - quantized))
+    codes = z + jax.lax.stop_gradient(quantized - z)
+    return codes, {
+        "indices": indices,
+        "commitment_loss": commitment,
+        "codebook_loss": codebook_loss,
+    }
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """Indices [...] -> codes [..., code_dim] (what `__call__` emits in the forward pass)."""
+    return jnp.take(self.normalized_codebook(), indices, axis=0)

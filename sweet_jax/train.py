@@ -1,0 +1,167 @@
+"""The training loop: create or restore sharded state, run jitted steps, log, save, evaluate.
+
+`train_and_evaluate(config, workdir)` is the whole job. It resumes by itself
+whenever `workdir` holds a checkpoint (train state + data iterator position).
+"""
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import linen as nn
+import ml_collections
+
+from sweet_jax import optim, parallel
+from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
+from sweet_jax.data import pipeline
+from sweet_jax.evaluate.images import save_png
+from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
+from sweet_jax.models import build_model
+from sweet_jax.step import make_eval_step, make_init_fn, make_train_step
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Fails before anything compiles, naming the setting that is impossible."""
+  image_size, patch = config.model.image_size, config.model.patch_size
+  if image_size % patch:
+    raise ValueError(f"config.model.patch_size={patch} does not divide "
+                     f"config.model.image_size={image_size}")
+  if config.data.image_size != image_size:
+    raise ValueError(f"config.data.image_size={config.data.image_size} differs from "
+                     f"config.model.image_size={image_size}")
+  if config.model.width % config.model.num_heads:
+    raise ValueError(f"config.model.width={config.model.width} is not divisible by "
+                     f"config.model.num_heads={config.model.num_heads}")
+  parallel.mesh_shape(config.mesh, num_devices)  # raises on a mismatch
+  for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps",
+               "checkpoint_every_steps", "summary_every_steps"):
+    if config[name] <= 0:
+      raise ValueError(f"config.{name} must be positive, got {config[name]}")
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  fetched = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics."""
+  validate_config(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  mesh = parallel.make_mesh(config.mesh)
+  rules = [tuple(rule) for rule in config.sharding_rules]
+  dp = parallel.data_parallel_size(mesh, rules)
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % dp:
+      raise ValueError(f"config.{name}={config[name]} is not divisible by the "
+                       f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
+
+  model = build_model(**config.model)
+  schedule = optim.warmup_cosine(config.optim.lr, config.optim.warmup_steps,
+                                 config.total_steps, config.optim.end_lr_fraction)
+  tx = optim.make_optimizer(
+      schedule=schedule, groups=[tuple(g) for g in config.optim.param_groups],
+      lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1, b2=config.optim.b2,
+      weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
+  loss_weights = {name: optax.constant_schedule(float(w)) for name, w in config.loss.items()}
+
+  data = config.data
+  hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  train_source = pipeline.get_data_source(data.name, data.train_split, data.data_dir)
+  eval_source = pipeline.get_data_source(data.name, data.eval_split, data.data_dir)
+  train_iter = pipeline.make_train_iterator(
+      train_source, global_batch_size=config.batch_size, image_size=data.image_size,
+      seed=config.seed, crop_scale=(data.crop_min_scale, data.crop_max_scale), flip=data.flip,
+      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size, **hosts)
+  eval_batches = pipeline.make_eval_batches(
+      eval_source, global_batch_size=config.eval_batch_size, image_size=data.image_size,
+      preprocess=data.eval_preprocess, **hosts)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  image_shape = (data.image_size, data.image_size, 3)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init_fn = make_init_fn(model, tx, image_shape)
+    rng = jax.random.PRNGKey(config.seed)
+    boxed = jax.eval_shape(init_fn, rng)
+    state_sharding = parallel.logical_to_sharding(boxed, mesh, rules)
+    batch_sharding = parallel.batch_sharding(mesh, rules)
+    to_global = lambda b: parallel.to_global(b, batch_sharding)
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                max_to_keep=config.keep_checkpoints,
+                                save_interval_steps=config.checkpoint_every_steps)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      logging.info("Resuming from the checkpoint of step %d in %s", latest, workdir)
+      target = abstract_with_shardings(nn.unbox(boxed), state_sharding)
+      state = checkpointer.restore(latest, target, train_iter)
+    else:
+      logging.info("Starting from scratch in %s", workdir)
+      state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=state_sharding)(rng)
+    if is_chief and latest is None:
+      logging.info("Parameters: %d",
+                   sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
+
+    train_step = jax.jit(
+        make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
+                        codebook_size=config.model.codebook_size),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, batch_sharding))
+
+    def run_eval() -> tuple[dict[str, Any], np.ndarray]:
+      return evaluate_reconstruction(
+          eval_step, state.params, eval_batches, to_global,
+          bits_per_image=model.num_queries * np.log2(model.codebook_size),
+          codebook_size=model.codebook_size, num_grid_images=config.num_summary_images)
+
+    step = int(state.step)
+    report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                             every_secs=30.0)
+    history: list[dict[str, Any]] = []
+    train_start = time.time()
+    while step < config.total_steps:
+      batch = to_global(next(train_iter))
+      state, metrics = train_step(state, batch)
+      step += 1
+      history.append(metrics)
+      report(step)
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        scalars = _mean_metrics(history)
+        history = []
+        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        if not np.isfinite(scalars["loss"]):
+          raise FloatingPointError(f"non-finite training loss at step {step}: {scalars}")
+      if step % config.summary_every_steps == 0:
+        eval_metrics, grid = run_eval()
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        writer.write_images(step, {"eval/originals_recons_thumbnails": grid[None]})
+      checkpointer.save(step, state, train_iter, force=step == config.total_steps)
+    train_seconds = time.time() - train_start
+
+    checkpointer.wait_until_finished()
+    eval_metrics, grid = run_eval()
+  eval_metrics.update(step=step, train_seconds=round(train_seconds, 1))
+  writer.write_scalars(step, {f"final/{k}": v for k, v in eval_metrics.items()
+                              if isinstance(v, (int, float))})
+  writer.write_images(step, {"final/originals_recons_thumbnails": grid[None]})
+  writer.flush()
+  if is_chief:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(eval_metrics, f, indent=2)
+    save_png(os.path.join(workdir, "recon_grid.png"), grid)
+  checkpointer.close()
+  return eval_metrics

@@ -1,0 +1,264 @@
+"""Tests of the data path: embedded TFDS builder, grain pipeline, preprocess ops."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from sweet_jax.data import pipeline, preprocess
+from sweet_jax.data.builders import embedded_photos
+
+EMBEDDED = "sweet_embedded_photos"
+TRAIN_KW = dict(image_size=32, seed=0, crop_scale=(0.35, 1.0), flip=True)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+  """The embedded dataset, built once for this module."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  pipeline.get_data_source(EMBEDDED, "train", data_dir)
+  return data_dir
+
+
+def _coded_source(n: int) -> list[dict]:
+  """A source whose example i is a constant image of value i + 1 (survives crops and resizes)."""
+  return [{"image": np.full((20 + i, 30, 3), i + 1, np.uint8), "label": i} for i in range(n)]
+
+
+def _codes(images: np.ndarray) -> list[int]:
+  return [int(image[0, 0, 0]) - 1 for image in images]
+
+
+# (a) The embedded dataset.
+
+
+def test_embedded_splits(data_dir):
+  train = pipeline.get_data_source(EMBEDDED, "train", data_dir)
+  evals = pipeline.get_data_source(EMBEDDED, "eval", data_dir)
+  assert len(train) == len(embedded_photos.TRAIN_PHOTOS) == 13
+  assert len(evals) == len(embedded_photos.EVAL_PHOTOS) * 16 == 64
+  train_names = {train[i]["name"].decode() for i in range(len(train))}
+  eval_names = {evals[i]["name"].decode() for i in range(len(evals))}
+  assert eval_names == {"camera", "chelsea", "coffee", "rocket"}
+  assert not train_names & eval_names
+  assert {"stereo_motorcycle_left", "stereo_motorcycle_right"} <= train_names
+  for i in range(len(train)):
+    image = train[i]["image"]
+    assert image.dtype == np.uint8 and image.shape[2] == 3 and max(image.shape[:2]) <= 512
+    assert train[i]["id"] == i
+  assert evals[5]["image"].shape == (128, 128, 3) and evals[5]["id"] == 5
+
+
+def test_embedded_build_is_deterministic(data_dir, tmp_path):
+  pipeline.get_data_source(EMBEDDED, "eval", str(tmp_path))
+  files = [
+      f"{d}/{EMBEDDED}/1.0.0/{EMBEDDED}-{split}.array_record-00000-of-00001"
+      for d in (data_dir, tmp_path)
+      for split in ("train", "eval")
+  ]
+  contents = [open(f, "rb").read() for f in files]
+  assert contents[0] == contents[2] and contents[1] == contents[3]
+
+
+def test_missing_dataset_names_dataset_split_and_dir(tmp_path):
+  with pytest.raises(ValueError, match=rf"'imagenet2012'.*'validation'.*{tmp_path}"):
+    pipeline.get_data_source("imagenet2012", "validation", str(tmp_path))
+
+def test_unknown_split_is_an_error(data_dir):
+  with pytest.raises(ValueError, match=r"'bogus'"):
+    pipeline.get_data_source(EMBEDDED, "bogus", data_dir)
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+  monkeypatch.setenv("SWEET_JAX_DATA_DIR", str(tmp_path))
+  assert pipeline.default_data_dir() == str(tmp_path)
+  monkeypatch.delenv("SWEET_JAX_DATA_DIR")
+  assert pipeline.default_data_dir().endswith("tensorflow_datasets")
+
+
+# (b) The train iterator.
+
+
+def _train_iterator(source, **kw):
+  kw = {**TRAIN_KW, "global_batch_size": 8, "process_index": 0, "process_count": 1, **kw}
+  return pipeline.make_train_iterator(source, **kw)
+
+
+def test_train_iterator_shapes_and_determinism(data_dir):
+  source = pipeline.get_data_source(EMBEDDED, "train", data_dir)
+  first, second = _train_iterator(source), _train_iterator(source)
+  for _ in range(3):  # 24 crops: crosses the 13-photo epoch boundary.
+    a, b = next(first), next(second)
+    assert set(a) == {"image"}
+    assert a["image"].shape == (8, 32, 32, 3) and a["image"].dtype == np.uint8
+    np.testing.assert_array_equal(a["image"], b["image"])
+  other_seed = next(_train_iterator(source, seed=1))
+  assert not np.array_equal(next(_train_iterator(source))["image"], other_seed["image"])
+
+
+def test_train_iterator_resumes_on_next_batch():
+  source = _coded_source(10)
+  it = _train_iterator(source, global_batch_size=4)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["image"] for _ in range(2)]
+  resumed = _train_iterator(source, global_batch_size=4)
+  resumed.set_state(state)
+  for batch in expected:
+    np.testing.assert_array_equal(next(resumed)["image"], batch)
+
+
+def test_train_iterator_checkpoints_with_orbax(tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+
+  source = _coded_source(10)
+  it = _train_iterator(source, global_batch_size=4)
+  next(it)
+  with ocp.CheckpointManager(tmp_path) as manager:
+    manager.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+    expected = next(it)["image"]
+    resumed = _train_iterator(source, global_batch_size=4)
+    manager.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  np.testing.assert_array_equal(next(resumed)["image"], expected)
+
+
+def test_train_batch_must_split_over_processes():
+  with pytest.raises(ValueError, match="multiple"):
+    _train_iterator(_coded_source(4), global_batch_size=5, process_count=2)
+
+
+# (c) Per-host split.
+
+
+def test_hosts_see_disjoint_examples():
+  source = _coded_source(20)
+  # Local batch 10 = one whole epoch of each host's 10 examples.
+  seen = [
+      _codes(next(_train_iterator(source, global_batch_size=20, process_index=p, process_count=2))["image"])
+      for p in range(2)
+  ]
+  assert sorted(seen[0]) == list(range(0, 20, 2))
+  assert sorted(seen[1]) == list(range(1, 20, 2))
+
+
+# (d) Eval batches.
+
+
+@pytest.mark.parametrize("num_examples", [1, 21, 64])
+def test_eval_batches_cover_every_example_once(num_examples):
+  source = _coded_source(num_examples)
+  hosts = [
+      list(pipeline.make_eval_batches(
+          source, global_batch_size=12, image_size=16, process_index=p, process_count=3
+      ))
+      for p in range(3)
+  ]
+  assert len({len(batches) for batches in hosts}) == 1
+  seen = []
+  for batches in hosts:
+    for batch in batches:
+      assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8
+      assert batch["mask"].shape == (4,) and batch["mask"].dtype == bool
+      seen += _codes(batch["image"][batch["mask"]])
+      assert not batch["image"][~batch["mask"]].any()
+  assert sorted(seen) == list(range(num_examples))
+  for batches in hosts:  # Real examples first, padding only at the end.
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert (np.sort(mask)[::-1] == mask).all()
+
+
+def test_eval_batches_of_embedded_photos(data_dir):
+  source = pipeline.get_data_source(EMBEDDED, "eval", data_dir)
+  batches = pipeline.make_eval_batches(
+      source, global_batch_size=24, image_size=128, process_index=0, process_count=1
+  )
+  images = np.concatenate([b["image"][b["mask"]] for b in batches])
+  np.testing.assert_array_equal(images, np.stack([source[i]["image"] for i in range(len(source))]))
+  again = np.concatenate([b["image"][b["mask"]] for b in batches])  # Re-iterable, same order.
+  np.testing.assert_array_equal(again, images)
+
+
+# (e) The same pipeline on (mocked) ImageNet.
+
+
+def test_imagenet_mock(tmp_path):
+  with tfds.testing.mock_data(num_examples=24):
+    train = pipeline.get_data_source("imagenet2012", "train", str(tmp_path))
+    validation = pipeline.get_data_source("imagenet2012", "validation", str(tmp_path))
+  batch = next(_train_iterator(train, global_batch_size=8, process_index=1, process_count=2))
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
+  batches = list(pipeline.make_eval_batches(
+      validation, global_batch_size=10, image_size=32, process_index=0, process_count=2,
+      preprocess="resize_shorter_center_crop",
+  ))
+  assert [int(b["mask"].sum()) for b in batches] == [5, 5, 2]
+  assert batches[0]["image"].shape == (5, 32, 32, 3)
+
+
+# (f) Preprocess ops.
+
+
+def test_to_rgb():
+  gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+  for image in (gray, gray[..., None]):
+    rgb = preprocess.to_rgb(image)
+    assert rgb.shape == (3, 4, 3) and (rgb == gray[..., None]).all()
+  rgba = np.zeros((3, 4, 4), np.uint8)
+  assert preprocess.to_rgb(rgba).shape == (3, 4, 3)
+  with pytest.raises(ValueError, match="channels"):
+    preprocess.to_rgb(np.zeros((3, 4, 2), np.uint8))
+  with pytest.raises(ValueError, match="rank"):
+    preprocess.to_rgb(np.zeros((2, 3, 4, 3), np.uint8))
+
+
+def test_resize_ops():
+  image = np.zeros((40, 80, 3), np.uint8)
+  # Outside the central square, and farther from it than the bicubic support
+  # (PIL's filter reads a few pixels beyond the crop box).
+  image[:, :10] = 255
+  center = preprocess.resize_shorter_center_crop(image, 20)
+  assert center.shape == (20, 20, 3) and center.dtype == np.uint8 and not center.any()
+  assert preprocess.resize(image, 16)[:, :1].min() == 255  # The whole image is kept.
+  assert preprocess.resize(image[..., 0], 16).shape == (16, 16, 3)
+
+
+def test_random_resized_crop():
+  image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+  crops = [
+      preprocess.random_resized_crop(image, 24, np.random.default_rng(7), (0.3, 0.9), True)
+      for _ in range(2)
+  ]
+  assert crops[0].shape == (24, 24, 3) and crops[0].dtype == np.uint8
+  np.testing.assert_array_equal(*crops)
+  square = image[:, :50]  # At scale 1 the crop is the whole square image, maybe mirrored.
+  whole = preprocess.resize(square, 24)
+  mirrored = {
+      preprocess.random_resized_crop(square, 24, np.random.default_rng(s), (1.0, 1.0), True).tobytes()
+      for s in range(8)
+  }
+  assert mirrored == {whole.tobytes(), whole[:, ::-1].tobytes()}
+  gray = preprocess.random_resized_crop(image[..., 0], 8, np.random.default_rng(0), (0.5, 1.0), False)
+  assert gray.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: preprocess.resize(np.zeros((8, 8, 3), np.float32), 4), "uint8"),
+        (lambda: preprocess.resize(np.zeros((8, 8, 5), np.uint8), 4), "channels"),
+        (lambda: preprocess.resize(np.zeros((8,), np.uint8), 4), "rank"),
+        (lambda: preprocess.resize(np.zeros((0, 8, 3), np.uint8), 4), "non-empty"),
+        (lambda: preprocess.resize(np.zeros((8, 8, 3), np.uint8), 0), "size"),
+        (
+            lambda: preprocess.random_resized_crop(
+                np.zeros((8, 8, 3), np.uint8), 4, np.random.default_rng(0), (0.5, 1.5), True
+            ),
+            "scale",
+        ),
+    ],
+)
+def test_preprocess_errors(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
