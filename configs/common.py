@@ -32,8 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000
   c.batch_size = 32  # global, over all hosts
 
-  c.mesh = [("data", -1), ("fsdp", 1), ("model", 1)]
-  c.sharding_rules = [list(rule) for rule in SHARDING_RULES]
+  # Tuples (not lists) so that they can be overridden on the command line:
+  # --config.mesh="(('data', 4), ('fsdp', 1), ('model', 2))"
+  c.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
+  c.sharding_rules = SHARDING_RULES
 
   c.data = ml_collections.ConfigDict(dict(
       name="sweet_embedded_photos",
@@ -43,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
       crop_min_scale=0.35,
       crop_max_scale=1.0,
       flip=True,
+      color_jitter=0.0,  # channel permutation + per-channel gains (0 disables)
       eval_preprocess="resize",
       num_threads=2,
       prefetch_buffer_size=4,
@@ -54,15 +57,16 @@ def base_config() -> ml_collections.ConfigDict:
       end_lr_fraction=0.1,
       b1=0.9,
       b2=0.99,
+      eps=1e-8,
       weight_decay=1e-4,
       clip_norm=1.0,
-      param_groups=[list(g) for g in PARAM_GROUPS],
+      param_groups=PARAM_GROUPS,
       # Per-group learning-rate multipliers; 0.0 freezes a group.
       lr_mult=ml_collections.ConfigDict({name: 1.0 for name, _ in PARAM_GROUPS}),
   ))
 
   # Loss weights (evaluated as step -> value schedules inside the step).
-  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0))
+  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.1))
 
   c.log_every_steps = 50
   c.summary_every_steps = 250

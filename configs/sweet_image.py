@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       code_dim=12,
   ))
 
+  c.data.color_jitter = 0.3
   if variant == "cpu":
     c.total_steps = 1500
     c.batch_size = 32
@@ -68,7 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "L": dict(width=1024, num_heads=16, encoder_depth=24, decoder_depth=24)}[variant]
     c.model.update(patch_size=16, num_queries=256, codebook_size=16384, code_dim=16, **size)
     c.data.update(name="imagenet2012", train_split="train", eval_split="validation",
-                  crop_min_scale=0.8, eval_preprocess="resize_shorter_center_crop",
+                  crop_min_scale=0.8, color_jitter=0.0,
+                  eval_preprocess="resize_shorter_center_crop",
                   num_threads=16, prefetch_buffer_size=8)
     c.batch_size = 256
     c.eval_batch_size = 256

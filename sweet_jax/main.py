@@ -1,5 +1,7 @@
 """Entry point: python -m sweet_jax.main --config=configs/sweet_image.py:cpu --workdir=DIR"""
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,9 +20,20 @@ def hide_accelerators_from_tensorflow() -> None:
   tf.config.set_visible_devices([], "GPU")
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops the libraries' INFO chatter (orbax logs every file it writes); keeps warnings."""
+
+  NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/absl/")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in self.NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   hide_accelerators_from_tensorflow()
   from sweet_jax import train  # pylint: disable=g-import-not-at-top  (after TF is set up)
   metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -84,7 +84,7 @@ def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int,
 
 
 def make_optimizer(*, schedule: Schedule, groups: Sequence[tuple[str, str]],
-                   lr_mult: dict[str, float], b1: float, b2: float, weight_decay: float,
+                   lr_mult: dict[str, float], b1: float, b2: float, eps: float, weight_decay: float,
                    clip_norm: float) -> optax.GradientTransformation:
   names = [name for name, _ in groups]
   unknown = set(lr_mult) - set(names)
@@ -97,7 +97,7 @@ def make_optimizer(*, schedule: Schedule, groups: Sequence[tuple[str, str]],
       return optax.set_to_zero()
     return optax.inject_hyperparams(optax.adamw)(
         learning_rate=lambda count: schedule(count) * mult,
-        b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+        b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
 
   transforms = {name: group_transform(float(lr_mult.get(name, 1.0))) for name in names}
   return optax.chain(

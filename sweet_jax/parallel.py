@@ -52,6 +52,16 @@ def logical_to_sharding(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 
 
+def strip_boxes(tree: Any) -> Any:
+  """Removes Linen's logical-partitioning boxes without applying constraints.
+
+  (`nn.unbox` also constrains each value when logical rules are active, which is
+  meaningless, and an error, for abstract values.)
+  """
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def batch_axes(rules: Rules) -> Any:
   """The mesh axes the batch dimension is split over, per the rules."""
   return nn.logical_to_mesh_axes(("batch",), list(rules))[0]

@@ -71,6 +71,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
           "recon": jnp.mean(jnp.square(recon - images)),
           "commitment": aux["commitment_loss"],
           "codebook": aux["codebook_loss"],
+          "entropy": aux["entropy_loss"],
       }
       total = sum(weights[name] * value for name, value in terms.items())
       return total, (recon, aux["indices"], terms)
@@ -82,8 +83,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         "loss": loss,
         **{f"loss_{name}": value for name, value in terms.items()},
         "psnr": jnp.mean(psnr(model_to_unit(recon), model_to_unit(images))),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
         "learning_rate": learning_rate(step),
         **{f"codebook_{k}": v for k, v in codebook_stats(indices, codebook_size).items()},
     }

@@ -4,10 +4,11 @@
 whenever `workdir` holds a checkpoint (train state + data iterator position).
 """
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
 import ml_collections
 
 from sweet_jax import optim, parallel
@@ -23,7 +25,7 @@ from sweet_jax.data import pipeline
 from sweet_jax.evaluate.images import save_png
 from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
 from sweet_jax.models import build_model
-from sweet_jax.step import make_eval_step, make_init_fn, make_train_step
+from sweet_jax.step import TrainState, make_eval_step, make_init_fn, make_train_step
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -50,16 +52,37 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics."""
-  validate_config(config, jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
-  is_chief = jax.process_index() == 0
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+@dataclasses.dataclass
+class Components:
+  """Everything a run needs besides data: mesh, model, optimizer, jitted steps."""
 
-  mesh = parallel.make_mesh(config.mesh)
+  mesh: Mesh
+  rules: list[tuple[str, Any]]
+  model: nn.Module
+  tx: optax.GradientTransformation
+  init_fn: Callable[[jax.Array], TrainState]
+  abstract_state: TrainState  # Linen-boxed ShapeDtypeStructs
+  state_sharding: TrainState
+  batch_sharding: NamedSharding
+  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
+  eval_step: Any  # jitted (params, batch) -> per-image outputs
+  rng: jax.Array
+
+  def init_state(self) -> TrainState:
+    """A fresh state, materialised directly with its shardings (never whole on one device)."""
+    return jax.jit(lambda r: nn.unbox(self.init_fn(r)), out_shardings=self.state_sharding)(self.rng)
+
+  def restore_target(self) -> TrainState:
+    return abstract_with_shardings(parallel.strip_boxes(self.abstract_state), self.state_sharding)
+
+  def bits_per_image(self) -> float:
+    return self.model.num_queries * float(np.log2(self.model.codebook_size))
+
+
+def build_components(config: ml_collections.ConfigDict,
+                     devices: Sequence[jax.Device] | None = None) -> Components:
+  """Mesh (over `devices`, default all), model, optimizer, jitted steps with shardings."""
+  mesh = parallel.make_mesh(config.mesh, devices)
   rules = [tuple(rule) for rule in config.sharding_rules]
   dp = parallel.data_parallel_size(mesh, rules)
   for name in ("batch_size", "eval_batch_size"):
@@ -72,9 +95,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  config.total_steps, config.optim.end_lr_fraction)
   tx = optim.make_optimizer(
       schedule=schedule, groups=[tuple(g) for g in config.optim.param_groups],
-      lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1, b2=config.optim.b2,
+      lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps,
       weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
   loss_weights = {name: optax.constant_schedule(float(w)) for name, w in config.loss.items()}
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init_fn = make_init_fn(model, tx, image_shape)
+    rng = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(init_fn, rng)
+    state_sharding = parallel.logical_to_sharding(abstract, mesh, rules)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  train_step = jax.jit(
+      make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
+                      codebook_size=config.model.codebook_size),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, parallel.replicated(mesh)),
+      donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, batch_sharding))
+  return Components(mesh=mesh, rules=rules, model=model, tx=tx, init_fn=init_fn,
+                    abstract_state=abstract, state_sharding=state_sharding,
+                    batch_sharding=batch_sharding, train_step=train_step, eval_step=eval_step,
+                    rng=rng)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_at_step: int | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics.
+
+  `stop_at_step` ends this invocation early (with a checkpoint) without changing
+  the schedules, which stay defined by `config.total_steps`: a time-boxed job,
+  or a test of resumption.
+  """
+  validate_config(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  c = build_components(config)
 
   data = config.data
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -83,59 +142,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = pipeline.make_train_iterator(
       train_source, global_batch_size=config.batch_size, image_size=data.image_size,
       seed=config.seed, crop_scale=(data.crop_min_scale, data.crop_max_scale), flip=data.flip,
-      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size, **hosts)
+      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size,
+      color_jitter=data.color_jitter, **hosts)
   eval_batches = pipeline.make_eval_batches(
       eval_source, global_batch_size=config.eval_batch_size, image_size=data.image_size,
       preprocess=data.eval_preprocess, **hosts)
-
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  image_shape = (data.image_size, data.image_size, 3)
+  to_global = lambda b: parallel.to_global(b, c.batch_sharding)
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init_fn = make_init_fn(model, tx, image_shape)
-    rng = jax.random.PRNGKey(config.seed)
-    boxed = jax.eval_shape(init_fn, rng)
-    state_sharding = parallel.logical_to_sharding(boxed, mesh, rules)
-    batch_sharding = parallel.batch_sharding(mesh, rules)
-    to_global = lambda b: parallel.to_global(b, batch_sharding)
-
+  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 max_to_keep=config.keep_checkpoints,
                                 save_interval_steps=config.checkpoint_every_steps)
     latest = checkpointer.latest_step()
     if latest is not None:
       logging.info("Resuming from the checkpoint of step %d in %s", latest, workdir)
-      target = abstract_with_shardings(nn.unbox(boxed), state_sharding)
-      state = checkpointer.restore(latest, target, train_iter)
+      state = checkpointer.restore(latest, c.restore_target(), train_iter)
     else:
       logging.info("Starting from scratch in %s", workdir)
-      state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=state_sharding)(rng)
-    if is_chief and latest is None:
+      state = c.init_state()
       logging.info("Parameters: %d",
                    sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
 
-    train_step = jax.jit(
-        make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
-                        codebook_size=config.model.codebook_size),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, batch_sharding))
-
     def run_eval() -> tuple[dict[str, Any], np.ndarray]:
       return evaluate_reconstruction(
-          eval_step, state.params, eval_batches, to_global,
-          bits_per_image=model.num_queries * np.log2(model.codebook_size),
-          codebook_size=model.codebook_size, num_grid_images=config.num_summary_images)
+          c.eval_step, state.params, eval_batches, to_global, bits_per_image=c.bits_per_image(),
+          codebook_size=c.model.codebook_size, num_grid_images=config.num_summary_images)
 
     step = int(state.step)
+    last_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
     report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                              every_secs=30.0)
     history: list[dict[str, Any]] = []
     train_start = time.time()
-    while step < config.total_steps:
+    while step < last_step:
       batch = to_global(next(train_iter))
-      state, metrics = train_step(state, batch)
+      state, metrics = c.train_step(state, batch)
       step += 1
       history.append(metrics)
       report(step)
@@ -149,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_metrics, grid = run_eval()
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         writer.write_images(step, {"eval/originals_recons_thumbnails": grid[None]})
-      checkpointer.save(step, state, train_iter, force=step == config.total_steps)
+      checkpointer.save(step, state, train_iter, force=step == last_step)
     train_seconds = time.time() - train_start
 
     checkpointer.wait_until_finished()

@@ -73,9 +73,12 @@ class _RandomCrop(grain.transforms.RandomMap):
   size: int
   scale: tuple[float, float]
   flip: bool
+  color_jitter: float = 0.0
 
   def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     image = preprocess.random_resized_crop(element["image"], self.size, rng, self.scale, self.flip)
+    if self.color_jitter:
+      image = preprocess.color_jitter(image, rng, self.color_jitter)
     return {**element, "image": image}
 
 
@@ -95,29 +98,33 @@ def make_train_iterator(
     process_count: int,
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
+    color_jitter: float = 0.0,
 ) -> grain.DatasetIterator:
   """Endless iterator of `{"image": uint8 [global_batch_size // process_count, S, S, 3]}`.
 
   Each host shuffles its own slice of `source` (reshuffled every epoch) and
-  takes a fresh random crop of every element. `get_state()` / `set_state()` (or
-  orbax with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume
-  on exactly the next batch. `prefetch_buffer_size` counts batches: grain's
-  default of 500 would hold gigabytes.
+  takes a fresh random crop of every element; the shuffle and crop seeds are
+  derived from `(seed, process_index)`, so hosts do not repeat each other's
+  crops. `get_state()` / `set_state()` (or orbax with
+  `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume on exactly
+  the next batch. `prefetch_buffer_size` counts batches.
   """
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   ds = _host_slice(source, process_index, process_count)
   if len(ds) == 0:
-    raise ValueError(f"Host {process_index} of {process_count} gets no training examples: the source has {len(source)}.")
+    raise ValueError(
+        f"Host {process_index} of {process_count} gets none of the {len(source)} examples."
+    )
   shuffle_seed, crop_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
   ds = (
       ds.shuffle(seed=int(shuffle_seed))
       .repeat()
-      .random_map(_RandomCrop(image_size, tuple(crop_scale), flip), seed=int(crop_seed))
+      .random_map(_RandomCrop(image_size, tuple(crop_scale), flip, color_jitter),
+                  seed=int(crop_seed))
       .map(_image_only)
       .batch(local_batch_size, drop_remainder=True)
   )
-  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
-  return iter(ds.to_iter_dataset(read_options))
+  return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +179,13 @@ def make_eval_batches(
   if num_padding:
     padding = grain.MapDataset.range(num_padding).map(_Padding(image_size))
     ds = grain.MapDataset.concatenate([ds, padding])
-  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+  read_options = _read_options(num_threads, prefetch_buffer_size)
   return ds.batch(local_batch_size).to_iter_dataset(read_options)
+
+
+def _read_options(num_threads: int, prefetch_buffer_size: int) -> grain.ReadOptions:
+  """Bounded read-ahead; the defaults (16 threads, 500 batches) would hold gigabytes."""
+  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:

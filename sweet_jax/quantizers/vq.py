@@ -4,7 +4,7 @@ Latents and codebook rows are both projected onto the unit sphere (ViT-VQGAN /
 TiTok style), so the nearest code in L2 is the one with the largest cosine.
 This keeps a large codebook in use without k-means or restarts.
 
-Losses are returned *unweighted*: the train step applies the configured (and
+Losses (commitment, codebook, entropy) are returned *unweighted*: the train step applies the configured (and
 possibly scheduled) commitment and codebook weights. Note that the official
 SweetTok code keeps the "legacy" taming weighting (1.0 on the encoder
 commitment term, 0.25 on the codebook term); our defaults are the VQ-VAE
@@ -18,9 +18,25 @@ from flax import linen as nn
 from sweet_jax.models.layers import l2_normalize, param_init
 
 
+def entropy_penalty(similarity: jax.Array, temperature: float) -> jax.Array:
+  """Mean per-token entropy minus the entropy of the batch-mean assignment.
+
+  Low when each token is confident about its code *and* the batch spreads over
+  many codes: the usual cure for codebook collapse (MAGVIT-v2 / SoftVQ).
+  """
+  logits = similarity.reshape(-1, similarity.shape[-1]) / temperature
+  probs = jax.nn.softmax(logits, axis=-1)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  sample_entropy = -jnp.mean(jnp.sum(probs * log_probs, axis=-1))
+  mean_probs = jnp.mean(probs, axis=0)
+  batch_entropy = -jnp.sum(mean_probs * jnp.log(mean_probs + 1e-8))
+  return sample_entropy - batch_entropy
+
+
 class VectorQuantizer(nn.Module):
   codebook_size: int
   code_dim: int
+  entropy_temperature: float = 0.01
 
   def setup(self):
     self.codebook = self.param(
@@ -47,6 +63,7 @@ class VectorQuantizer(nn.Module):
         "indices": indices,
         "commitment_loss": commitment,
         "codebook_loss": codebook_loss,
+        "entropy_loss": entropy_penalty(similarity, self.entropy_temperature),
     }
 
   def lookup(self, indices: jax.Array) -> jax.Array:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job: trains the image SweetTokenizer (CQAE + VQ) on the embedded real
+# photos on this machine's CPU, then evaluates it on held-out photos against a
+# bit-matched thumbnail. Results: $WORKDIR/metrics.json and recon_grid.png.
+#
+#   ./launch/local.sh                                  # configs/sweet_image.py:cpu
+#   CONFIG=configs/sweet_image.py:runlocal ./launch/local.sh --config.total_steps=20
+#
+# Extra arguments go to sweet_jax.main (e.g. --config.FIELD=VALUE overrides).
+# Re-running with the same WORKDIR resumes from its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/venv.sh
+ensure_venv
+
+CONFIG="${CONFIG:-configs/sweet_image.py:cpu}"
+WORKDIR="${WORKDIR:-workdirs/sweet_image_cpu}"
+export SWEET_JAX_DATA_DIR="${SWEET_JAX_DATA_DIR:-$PWD/.data/tfds}"
+exec .venv/bin/python -m sweet_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"

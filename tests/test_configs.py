@@ -1,0 +1,63 @@
+"""Configs: every variant builds, overrides work, bad overrides are rejected."""
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import sweet_image
+
+CONFIG = "configs/sweet_image.py"
+
+
+def parse(*overrides, variant="runlocal"):
+  argv = ["prog", f"--config={CONFIG}:{variant}", *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize("variant", sweet_image.VARIANTS)
+def test_variants_are_consistent(variant):
+  config = sweet_image.get_config(variant)
+  assert config.model.image_size == config.data.image_size
+  assert config.model.image_size % config.model.patch_size == 0
+  assert config.model.width % config.model.num_heads == 0
+  assert config.batch_size > 0 and config.total_steps > 0
+
+
+def test_production_sizes():
+  base, large = sweet_image.get_config("B"), sweet_image.get_config("L")
+  assert base.data.name == large.data.name == "imagenet2012"
+  assert base.model.image_size == 256 and base.model.num_queries == 256
+  assert (base.model.width, large.model.width) == (768, 1024)
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant 'XL'"):
+    sweet_image.get_config("XL")
+
+
+def test_overrides():
+  config = parse("--config.total_steps=3", "--config.optim.lr=0.01",
+                 "--config.mesh=(('data', 4), ('fsdp', 1), ('model', 2))",
+                 "--config.data.image_size=48")
+  assert config.total_steps == 3 and config.optim.lr == 0.01
+  assert config.mesh == (("data", 4), ("fsdp", 1), ("model", 2))
+  assert config.model.image_size == 48  # one field reference for data and model
+
+
+def test_misspelt_override_is_rejected():
+  with pytest.raises(AttributeError, match='Did you mean "width"'):
+    parse("--config.model.widht=3")
+
+
+def test_badly_typed_override_is_rejected():
+  with pytest.raises(flags.IllegalFlagValueError, match="total_steps=abc"):
+    parse("--config.total_steps=abc")
+
+
+def test_locked_config_rejects_new_fields():
+  with pytest.raises(AttributeError):
+    parse("--config.not_a_field=1")

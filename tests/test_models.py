@@ -1,0 +1,100 @@
+"""The image CQAE: shapes, the tokenizer method surface, logical axis names."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from sweet_jax.models import build_model
+from sweet_jax.models.layers import patchify, unpatchify
+
+SMALL = dict(image_size=32, patch_size=8, width=32, num_heads=2, encoder_depth=2,
+             decoder_depth=2, num_queries=8, codebook_size=64, code_dim=8)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = build_model("cqae_image", **SMALL)
+  images = jax.random.uniform(jax.random.key(1), (3, 32, 32, 3), minval=-1, maxval=1)
+  variables = model.init(jax.random.key(0), images)
+  return model, variables, images
+
+
+def test_method_surface_shapes(model_and_params):
+  model, variables, images = model_and_params
+  params = nn.unbox(variables)
+  latents = model.apply(params, images, method=model.encode)
+  assert latents.shape == (3, 8, 8)
+  codes, aux = model.apply(params, latents, method=model.quantize)
+  assert codes.shape == (3, 8, 8) and aux["indices"].shape == (3, 8)
+  assert aux["commitment_loss"].shape == () and aux["codebook_loss"].shape == ()
+  recon = model.apply(params, codes, method=model.decode)
+  assert recon.shape == images.shape
+  full, _ = model.apply(params, images)
+  np.testing.assert_allclose(full, recon, atol=1e-6)
+
+
+def test_index_round_trip(model_and_params):
+  model, variables, images = model_and_params
+  params = nn.unbox(variables)
+  indices = model.apply(params, images, method=model.encode_to_indices)
+  assert indices.dtype == jnp.int32 and indices.shape == (3, 8)
+  assert int(indices.min()) >= 0 and int(indices.max()) < 64
+  from_indices = model.apply(params, indices, method=model.decode_from_indices)
+  direct, _ = model.apply(params, images)
+  np.testing.assert_allclose(from_indices, direct, atol=1e-5)
+
+
+def test_straight_through_gradient_reaches_encoder(model_and_params):
+  model, variables, images = model_and_params
+  params = nn.unbox(variables)
+
+  def loss(p):
+    recon, aux = model.apply(p, images)
+    return jnp.mean((recon - images) ** 2) + aux["commitment_loss"] + aux["codebook_loss"]
+
+  grads = jax.grad(loss)(params)["params"]
+  for group in ("encoder", "queries", "quantizer", "decoder"):
+    norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads[group]))))
+    assert norm > 0, f"no gradient reaches {group}"
+
+
+def test_parameter_groups_and_logical_names(model_and_params):
+  _, variables, _ = model_and_params
+  assert set(variables["params"]) == {"encoder", "queries", "quantizer", "decoder"}
+  specs = nn.get_partition_spec(variables)["params"]
+  attn = specs["encoder"]["block_0"]["self_attn"]
+  assert tuple(attn["query_kernel"]) == ("embed", "heads", "kv")
+  assert tuple(attn["out_kernel"]) == ("heads", "kv", "embed")
+  assert tuple(specs["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
+  assert tuple(specs["queries"]["tokens"]) == ("query", "embed")
+  assert tuple(specs["quantizer"]["codebook"]) == ("codebook", "code")
+  # Every parameter carries logical names (none left unannotated).
+  boxed = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert all(isinstance(x, nn.LogicallyPartitioned) for x in boxed)
+
+
+def test_patch_size_must_divide_image_size():
+  model = build_model("cqae_image", **{**SMALL, "patch_size": 5})
+  with pytest.raises(ValueError, match="patch_size 5 does not divide image_size 32"):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_wrong_image_shape_is_named():
+  model = build_model("cqae_image", **SMALL)
+  with pytest.raises(ValueError, match=r"expected images \[B, 32, 32, 3\], got \(1, 16, 16, 3\)"):
+    model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_unknown_model_name():
+  with pytest.raises(ValueError, match="unknown model 'nope'"):
+    build_model("nope")
+
+
+def test_patchify_round_trip():
+  x = jnp.arange(2 * 16 * 24 * 3, dtype=jnp.float32).reshape(2, 16, 24, 3)
+  patches = patchify(x, 8)
+  assert patches.shape == (2, 6, 192)
+  np.testing.assert_array_equal(patches[0, 1], x[0, :8, 8:16].reshape(-1))
+  np.testing.assert_array_equal(unpatchify(patches, 8, 16, 24), x)

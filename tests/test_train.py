@@ -1,0 +1,88 @@
+"""End to end: train -> checkpoint -> resume, and the main job's outputs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import sweet_image
+from sweet_jax.train import build_components, train_and_evaluate
+
+
+def runlocal(data_dir):
+  config = sweet_image.get_config("runlocal")
+  with config.unlocked():
+    config.data.data_dir = data_dir
+  return config
+
+
+def _saved_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def _saved_data_state(workdir, step):
+  folder = os.path.join(workdir, "checkpoints", str(step), "data")
+  return {name: open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder))}
+
+
+def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir):
+  config = runlocal(embedded_data_dir)  # 6 steps, checkpoint every 2
+  full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
+
+  full = train_and_evaluate(config, full_dir)
+  assert full["step"] == 6
+
+  # Interrupted after 4 steps: checkpoints at 2 and 4 hold state and data position.
+  partial = train_and_evaluate(config, resumed_dir, stop_at_step=4)
+  assert partial["step"] == 4
+  assert sorted(int(s) for s in os.listdir(os.path.join(resumed_dir, "checkpoints"))
+                if s.isdigit()) == [2, 4]
+  assert _saved_data_state(resumed_dir, 4) != _saved_data_state(resumed_dir, 2)
+
+  # The restarted run resumes at step 4 and ends where the uninterrupted one did.
+  resumed = train_and_evaluate(config, resumed_dir)
+  assert resumed["step"] == 6
+  assert _saved_data_state(resumed_dir, 6) == _saved_data_state(full_dir, 6)
+  for a, b in zip(jax.tree.leaves(_saved_params(full_dir, 6)),
+                  jax.tree.leaves(_saved_params(resumed_dir, 6))):
+    np.testing.assert_array_equal(a, b)
+  assert resumed["psnr"] == full["psnr"]
+
+  # The job's outputs.
+  with open(os.path.join(full_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  for key in ("psnr", "ssim", "thumbnail_psnr", "thumbnail_ssim", "codebook_usage",
+              "codebook_perplexity", "bits_per_image", "thumbnail_bits", "step"):
+    assert key in metrics
+  assert metrics["thumbnail_bits"] >= metrics["bits_per_image"]
+  assert os.path.getsize(os.path.join(full_dir, "recon_grid.png")) > 0
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(full_dir))
+
+
+def test_mesh_must_match_device_count(embedded_data_dir, tmp_path):
+  config = runlocal(embedded_data_dir)
+  with config.unlocked():
+    config.mesh = (("data", 3), ("fsdp", 1), ("model", 1))
+  with pytest.raises(ValueError, match="has 3 devices but 8 are available"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_patch_size_must_divide_image_size(embedded_data_dir, tmp_path):
+  config = runlocal(embedded_data_dir)
+  with config.unlocked():
+    config.model.patch_size = 5
+  with pytest.raises(ValueError, match="patch_size=5 does not divide config.model.image_size=32"):
+    train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_unknown_parameter_group_multiplier():
+  config = sweet_image.get_config("runlocal")
+  with config.unlocked():
+    config.optim.lr_mult.decodr = 0.0
+  with pytest.raises(ValueError, match="unknown groups \\['decodr'\\]"):
+    build_components(config)
