@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Loss weights (evaluated as step -> value schedules inside the step).
   c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.1))
 
+  # The decoder sees (1 - mix) of the continuous latents, mix ramping 0 -> 1 over
+  # these steps; evaluation always quantizes fully.
+  c.quantizer_warmup_steps = 0
+
   c.log_every_steps = 50
   c.summary_every_steps = 250
   c.checkpoint_every_steps = 250

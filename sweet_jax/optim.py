@@ -83,6 +83,13 @@ def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=base_lr * end_lr_fraction)
 
 
+def linear_ramp(steps: int) -> Schedule:
+  """0 -> 1 linearly over `steps` (1 from the start when steps == 0)."""
+  if steps <= 0:
+    return optax.constant_schedule(1.0)
+  return optax.linear_schedule(0.0, 1.0, steps)
+
+
 def make_optimizer(*, schedule: Schedule, groups: Sequence[tuple[str, str]],
                    lr_mult: dict[str, float], b1: float, b2: float, eps: float, weight_decay: float,
                    clip_norm: float) -> optax.GradientTransformation:

@@ -56,7 +56,7 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: Schedule, loss_weights: Mapping[str, Schedule],
-                    codebook_size: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    quantizer_mix: Schedule, codebook_size: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch) -> (state, metrics); batch["image"] is uint8."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -64,9 +64,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     rng = jax.random.fold_in(state.rng, step)
     images = images_to_model(batch["image"])
     weights = {name: fn(step) for name, fn in loss_weights.items()}
+    mix = quantizer_mix(step)
 
     def loss_fn(params):
-      recon, aux = model.apply({"params": params}, images, rngs={"dropout": rng})
+      recon, aux = model.apply({"params": params}, images, mix, rngs={"dropout": rng})
       terms = {
           "recon": jnp.mean(jnp.square(recon - images)),
           "commitment": aux["commitment_loss"],
@@ -86,6 +87,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(params),
         "learning_rate": learning_rate(step),
+        "quantizer_mix": mix,
         **{f"codebook_{k}": v for k, v in codebook_stats(indices, codebook_size).items()},
     }
     return TrainState(params=params, opt_state=opt_state, rng=state.rng), metrics

@@ -108,6 +108,7 @@ def build_components(config: ml_collections.ConfigDict,
   batch_sharding = parallel.batch_sharding(mesh, rules)
   train_step = jax.jit(
       make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
+                      quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps),
                       codebook_size=config.model.codebook_size),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, parallel.replicated(mesh)),

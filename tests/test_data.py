@@ -261,3 +261,16 @@ def test_random_resized_crop():
 def test_preprocess_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_color_jitter():
+  gray = np.full((8, 8, 3), 100, np.uint8)
+  tinted = preprocess.color_jitter(gray, np.random.default_rng(0), 0.3)
+  assert tinted.dtype == np.uint8 and tinted.shape == gray.shape
+  assert len(set(tinted[0, 0].tolist())) == 3  # a gray photo gets a colour cast
+  assert np.all(np.abs(tinted.astype(int) - 100) <= 30)
+  rgb = np.stack([np.full((4, 4), v, np.uint8) for v in (10, 20, 30)], axis=-1)
+  permuted = preprocess.color_jitter(rgb, np.random.default_rng(3), 0.0)  # strength 0: permutation only
+  assert sorted(permuted[0, 0].tolist()) == [10, 20, 30]
+  with pytest.raises(ValueError, match="strength"):
+    preprocess.color_jitter(gray, np.random.default_rng(0), 1.5)

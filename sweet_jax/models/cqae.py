@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from sweet_jax.models.layers import (Block, LayerNorm, learned_embedding, param_init,
-                                     patchify, unpatchify)
+                                     patch_position_embedding, patchify, unpatchify)
 from sweet_jax.quantizers import VectorQuantizer
 
 
@@ -55,7 +55,8 @@ class PatchEncoder(nn.Module):
   def __call__(self, images: jax.Array) -> list[jax.Array]:
     patches = patchify(images, self.patch_size)
     x = _dense(self.width, ("patch", "embed"), "patch_embed")(patches)
-    x = x + learned_embedding(self, "pos_embed", (patches.shape[1], self.width), ("length", "embed"))
+    grid = images.shape[1] // self.patch_size
+    x = x + patch_position_embedding(self, "pos_embed", grid, self.width)
     features = []
     for i in range(self.depth):
       x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x)
@@ -109,7 +110,7 @@ class QueryDecoder(nn.Module):
     grid = self.image_size // self.patch_size
     num_patches = grid * grid
     mask = learned_embedding(self, "mask_token", (1, self.width), (None, "embed"))
-    pos = learned_embedding(self, "pos_embed", (num_patches, self.width), ("length", "embed"))
+    pos = patch_position_embedding(self, "pos_embed", grid, self.width)
     x = jnp.broadcast_to(mask + pos, (batch, num_patches, self.width))
     for i, latent in enumerate(latents):
       x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(x, latent)
@@ -160,8 +161,10 @@ class ImageCQAE(nn.Module):
     self._check_images(images)
     return self.queries(self.encoder(images))
 
-  def quantize(self, latents: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-    return self.quantizer(latents)
+  def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0
+               ) -> tuple[jax.Array, dict[str, Any]]:
+    """Latents -> (codes, aux); `mix` < 1 only during a quantizer warm-up (see vq.py)."""
+    return self.quantizer(latents, mix)
 
   def decode(self, codes: jax.Array) -> jax.Array:
     """Codes [B,Q,d] -> images [B,S,S,3] (unclipped)."""
@@ -175,8 +178,9 @@ class ImageCQAE(nn.Module):
   def decode_from_indices(self, indices: jax.Array) -> jax.Array:
     return self.decode(self.quantizer.lookup(indices))
 
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-    codes, aux = self.quantize(self.encode(images))
+  def __call__(self, images: jax.Array, quantizer_mix: float | jax.Array = 1.0
+               ) -> tuple[jax.Array, dict[str, Any]]:
+    codes, aux = self.quantize(self.encode(images), quantizer_mix)
     return self.decode(codes), aux
 
   @property

@@ -131,6 +131,31 @@ def learned_embedding(module: nn.Module, name: str, shape: tuple[int, int],
   return module.param(name, param_init(nn.initializers.normal(stddev), names), shape)
 
 
+def sincos_2d(grid: int, width: int) -> jax.Array:
+  """MAE's fixed 2-D sine-cosine table [grid*grid, width] (row-major patches)."""
+  if width % 4:
+    raise ValueError(f"2-D sin-cos position embeddings need width % 4 == 0, got {width}")
+  omega = 1.0 / 10000 ** (jnp.arange(width // 4, dtype=jnp.float32) / (width // 4))
+  ys, xs = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32),
+                        jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+  parts = []
+  for coord in (ys.reshape(-1), xs.reshape(-1)):
+    angles = coord[:, None] * omega[None, :]
+    parts += [jnp.sin(angles), jnp.cos(angles)]
+  return jnp.concatenate(parts, axis=1)
+
+
+def patch_position_embedding(module: nn.Module, name: str, grid: int, width: int) -> jax.Array:
+  """Learned patch position embeddings, initialised with the 2-D sin-cos table.
+
+  A small random init (std 0.02) leaves all decoder mask tokens nearly equal,
+  so every output patch reads the same latents and the model predicts the mean
+  image for hundreds of steps; sin-cos breaks that symmetry from step 0.
+  """
+  init = lambda key, shape, dtype=jnp.float32: sincos_2d(grid, width).astype(dtype)
+  return module.param(name, param_init(init, ("length", "embed")), (grid * grid, width))
+
+
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
   """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C] in row-major patch order."""
   b, h, w, c = images.shape

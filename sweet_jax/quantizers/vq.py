@@ -48,7 +48,12 @@ class VectorQuantizer(nn.Module):
   def normalized_codebook(self) -> jax.Array:
     return l2_normalize(self.codebook)
 
-  def __call__(self, latents: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, latents: jax.Array, mix: float | jax.Array = 1.0
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes `latents`; `mix` < 1 passes `(1 - mix)` of the continuous latent
+    through (a warm-up: early on, random code assignments carry no signal and the
+    decoder learns only the mean image). `mix=1` is exact VQ with a straight-through
+    gradient; indices and losses never depend on `mix`."""
     if latents.shape[-1] != self.code_dim:
       raise ValueError(f"latents have width {latents.shape[-1]}, the codebook {self.code_dim}")
     z = l2_normalize(latents.astype(jnp.float32))
@@ -58,7 +63,7 @@ class VectorQuantizer(nn.Module):
     quantized = jnp.take(codebook, indices, axis=0)
     commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(quantized)))
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - quantized))
-    codes = z + jax.lax.stop_gradient(quantized - z)
+    codes = z + mix * jax.lax.stop_gradient(quantized - z)
     return codes, {
         "indices": indices,
         "commitment_loss": commitment,
