@@ -75,9 +75,6 @@ class Components:
   def restore_target(self) -> TrainState:
     return abstract_with_shardings(parallel.strip_boxes(self.abstract_state), self.state_sharding)
 
-  def bits_per_image(self) -> float:
-    return self.model.num_queries * float(np.log2(self.model.codebook_size))
-
 
 def build_components(config: ml_collections.ConfigDict,
                      devices: Sequence[jax.Device] | None = None) -> Components:
@@ -129,6 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   or a test of resumption.
   """
   validate_config(config, jax.device_count())
+  if "://" not in workdir:  # orbax needs absolute paths; keep gs:// and friends as they are
+    workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   if is_chief:
@@ -167,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     def run_eval() -> tuple[dict[str, Any], np.ndarray]:
       return evaluate_reconstruction(
-          c.eval_step, state.params, eval_batches, to_global, bits_per_image=c.bits_per_image(),
+          c.eval_step, state.params, eval_batches, to_global,
+          bits_per_image=c.model.bits_per_image,
           codebook_size=c.model.codebook_size, num_grid_images=config.num_summary_images)
 
     step = int(state.step)

@@ -98,3 +98,7 @@ def test_patchify_round_trip():
   assert patches.shape == (2, 6, 192)
   np.testing.assert_array_equal(patches[0, 1], x[0, :8, 8:16].reshape(-1))
   np.testing.assert_array_equal(unpatchify(patches, 8, 16, 24), x)
+
+
+def test_bits_per_image():
+  assert build_model("cqae_image", **SMALL).bits_per_image == 8 * 6  # 8 tokens, 64 codes

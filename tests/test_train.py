@@ -30,11 +30,13 @@ def _saved_data_state(workdir, step):
           if name.endswith(".json")}
 
 
-def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir):
+def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir,
+                                                          monkeypatch):
   config = runlocal(embedded_data_dir)  # 6 steps, checkpoint every 2
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
 
-  full = train_and_evaluate(config, full_dir)
+  monkeypatch.chdir(tmp_path)
+  full = train_and_evaluate(config, "full")  # a relative workdir, as launch/local.sh passes
   assert full["step"] == 6
 
   # Interrupted after 4 steps: checkpoints at 2 and 4 hold state and data position.

@@ -22,6 +22,7 @@ Top-level submodules are the parameter groups used by the optimizer:
 `encoder`, `queries`, `quantizer`, `decoder`.
 """
 
+import math
 from typing import Any
 
 import jax
@@ -186,4 +187,4 @@ class ImageCQAE(nn.Module):
   @property
   def bits_per_image(self) -> float:
     """Tokens x log2(codebook size): the information budget of one image."""
-    return self.num_queries * float(jnp.log2(self.codebook_size))
+    return self.num_queries * math.log2(self.codebook_size)
