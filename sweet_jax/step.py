@@ -56,7 +56,8 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: Schedule, loss_weights: Mapping[str, Schedule],
-                    quantizer_mix: Schedule, codebook_size: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    quantizer_mix: Schedule, codebook_size: int
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch) -> (state, metrics); batch["image"] is uint8."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):

@@ -51,9 +51,9 @@ class VectorQuantizer(nn.Module):
   def __call__(self, latents: jax.Array, mix: float | jax.Array = 1.0
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes `latents`; `mix` < 1 passes `(1 - mix)` of the continuous latent
-    through (a warm-up: early on, random code assignments carry no signal and the
-    decoder learns only the mean image). `mix=1` is exact VQ with a straight-through
-    gradient; indices and losses never depend on `mix`."""
+    through (a quantizer warm-up, `config.quantizer_warmup_steps`; off by default:
+    on our CPU runs it did not shorten the early "mean image" plateau). `mix=1` is
+    exact VQ with a straight-through gradient; indices and losses never depend on it."""
     if latents.shape[-1] != self.code_dim:
       raise ValueError(f"latents have width {latents.shape[-1]}, the codebook {self.code_dim}")
     z = l2_normalize(latents.astype(jnp.float32))
