@@ -91,8 +91,8 @@ def linear_ramp(steps: int) -> Schedule:
 
 
 def make_optimizer(*, schedule: Schedule, groups: Sequence[tuple[str, str]],
-                   lr_mult: dict[str, float], b1: float, b2: float, eps: float, weight_decay: float,
-                   clip_norm: float) -> optax.GradientTransformation:
+                   lr_mult: dict[str, float], b1: float, b2: float, eps: float,
+                   weight_decay: float, clip_norm: float) -> optax.GradientTransformation:
   names = [name for name, _ in groups]
   unknown = set(lr_mult) - set(names)
   if unknown:

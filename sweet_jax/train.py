@@ -70,7 +70,8 @@ class Components:
 
   def init_state(self) -> TrainState:
     """A fresh state, materialised directly with its shardings (never whole on one device)."""
-    return jax.jit(lambda r: nn.unbox(self.init_fn(r)), out_shardings=self.state_sharding)(self.rng)
+    init = jax.jit(lambda r: nn.unbox(self.init_fn(r)), out_shardings=self.state_sharding)
+    return init(self.rng)
 
   def restore_target(self) -> TrainState:
     return abstract_with_shardings(parallel.strip_boxes(self.abstract_state), self.state_sharding)
@@ -92,8 +93,8 @@ def build_components(config: ml_collections.ConfigDict,
                                  config.total_steps, config.optim.end_lr_fraction)
   tx = optim.make_optimizer(
       schedule=schedule, groups=[tuple(g) for g in config.optim.param_groups],
-      lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps,
-      weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
+      lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1, b2=config.optim.b2,
+      eps=config.optim.eps, weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
   loss_weights = {name: optax.constant_schedule(float(w)) for name, w in config.loss.items()}
   image_shape = (config.data.image_size, config.data.image_size, 3)
 
@@ -171,7 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           codebook_size=c.model.codebook_size, num_grid_images=config.num_summary_images)
 
     step = int(state.step)
-    last_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
+    last_step = config.total_steps
+    if stop_at_step is not None:
+      last_step = min(stop_at_step, last_step)
     report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                              every_secs=30.0)
     history: list[dict[str, Any]] = []

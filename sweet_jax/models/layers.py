@@ -146,11 +146,11 @@ def sincos_2d(grid: int, width: int) -> jax.Array:
 
 
 def patch_position_embedding(module: nn.Module, name: str, grid: int, width: int) -> jax.Array:
-  """Learned patch position embeddings, initialised with the 2-D sin-cos table.
+  """Learned patch position embeddings, initialised with MAE's 2-D sin-cos table.
 
-  A small random init (std 0.02) leaves all decoder mask tokens nearly equal,
-  so every output patch reads the same latents and the model predicts the mean
-  image for hundreds of steps; sin-cos breaks that symmetry from step 0.
+  This gives every patch (and every decoder mask token) a distinct, spatially
+  smooth identity from step 0 rather than a std-0.02 random one. Measured on the
+  CPU config it did not shorten the early "mean image" plateau (README, Results).
   """
   init = lambda key, shape, dtype=jnp.float32: sincos_2d(grid, width).astype(dtype)
   return module.param(name, param_init(init, ("length", "embed")), (grid * grid, width))

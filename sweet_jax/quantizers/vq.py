@@ -4,8 +4,8 @@ Latents and codebook rows are both projected onto the unit sphere (ViT-VQGAN /
 TiTok style), so the nearest code in L2 is the one with the largest cosine.
 This keeps a large codebook in use without k-means or restarts.
 
-Losses (commitment, codebook, entropy) are returned *unweighted*: the train step applies the configured (and
-possibly scheduled) commitment and codebook weights. Note that the official
+Losses (commitment, codebook, entropy) are returned *unweighted*: the train
+step applies the configured (and possibly scheduled) weights. Note that the official
 SweetTok code keeps the "legacy" taming weighting (1.0 on the encoder
 commitment term, 0.25 on the codebook term); our defaults are the VQ-VAE
 convention (commitment 0.25, codebook 1.0), set in the config.
