@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_queries=32,
       codebook_size=4096,
       code_dim=12,
+      attention_prior=True,
+      position_conv=True,
   ))
 
   c.data.color_jitter = 0.3

@@ -7,7 +7,8 @@ import pytest
 from flax import linen as nn
 
 from sweet_jax.models import build_model
-from sweet_jax.models.layers import patchify, unpatchify
+from sweet_jax.models.layers import (GaussianAttentionPrior, grid_points, grid_shape, patchify,
+                                     unpatchify)
 
 SMALL = dict(image_size=32, patch_size=8, width=32, num_heads=2, encoder_depth=2,
              decoder_depth=2, num_queries=8, codebook_size=64, code_dim=8)
@@ -102,3 +103,33 @@ def test_patchify_round_trip():
 
 def test_bits_per_image():
   assert build_model("cqae_image", **SMALL).bits_per_image == 8 * 6  # 8 tokens, 64 codes
+
+
+def test_grid_shape_and_points():
+  assert grid_shape(32) == (4, 8) and grid_shape(64) == (8, 8) and grid_shape(7) == (1, 7)
+  points = np.asarray(grid_points(2, 4, 8))  # 2 x 4 cells of a 8 x 8 patch grid
+  assert points.shape == (8, 2)
+  np.testing.assert_allclose(points[0], [1.5, 0.5])  # centre of rows 0-3, cols 0-1
+  np.testing.assert_allclose(points[-1], [5.5, 6.5])
+
+
+def test_gaussian_prior_is_local_and_widens_per_head():
+  prior = GaussianAttentionPrior(num_heads=2, spacing=2.0)
+  queries = jnp.array([[0.0, 0.0]])
+  keys = jnp.array([[0.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+  bias, _ = prior.init_with_output(jax.random.key(0), queries, keys)
+  # Head 0 has sigma = spacing = 2, head 1 sigma = 4: -d^2 / (2 sigma^2).
+  np.testing.assert_allclose(bias[:, 0], [[0.0, -0.5, -2.0], [0.0, -0.125, -0.5]], atol=1e-6)
+
+
+def test_attention_prior_starts_queries_on_their_own_region(model_and_params):
+  """Query i's cross-attention at initialisation is centred on its own cell of the grid."""
+  model, variables, images = model_and_params
+  points = np.asarray(nn.unbox(variables)["params"]["queries"]["query_points"])
+  assert points.shape == (8, 2)  # 8 queries on a 2 x 4 tiling of the 4 x 4 patch grid
+  np.testing.assert_allclose(points[:4, 0], 0.5)
+  np.testing.assert_allclose(points[4:, 0], 2.5)
+  np.testing.assert_allclose(points[:4, 1], [0.0, 1.0, 2.0, 3.0])  # one patch per column
+  without = build_model("cqae_image", **{**SMALL, "attention_prior": False})
+  params = without.init(jax.random.key(0), images)["params"]
+  assert "query_points" not in params["queries"] and "query_points" not in params["decoder"]

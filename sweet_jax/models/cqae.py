@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import (Block, LayerNorm, learned_embedding, param_init,
+from sweet_jax.models.layers import (Block, GaussianAttentionPrior, LayerNorm, grid_points,
+                                     grid_shape, learned_embedding, param_init,
                                      patch_position_embedding, patchify, unpatchify)
 from sweet_jax.quantizers import VectorQuantizer
 
@@ -51,6 +52,7 @@ class PatchEncoder(nn.Module):
   depth: int
   num_heads: int
   mlp_ratio: float
+  position_conv: bool
 
   @nn.compact
   def __call__(self, images: jax.Array) -> list[jax.Array]:
@@ -60,9 +62,19 @@ class PatchEncoder(nn.Module):
     x = x + patch_position_embedding(self, "pos_embed", grid, self.width)
     features = []
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x)
+      x = Block(self.num_heads, self.mlp_ratio, position_conv=self.position_conv,
+                name=f"block_{i}")(x)
       features.append(x)
     return features
+
+
+def query_points(module: nn.Module, num_queries: int, grid: int) -> tuple[jax.Array, float]:
+  """Learned points (patch units) where the query tokens sit, initialised on a grid,
+  and the side of the area each query covers (the prior's initial width)."""
+  rows, cols = grid_shape(num_queries)
+  init = lambda key, shape, dtype=jnp.float32: grid_points(rows, cols, grid).astype(dtype)
+  points = module.param("query_points", param_init(init, ("query", None)), (num_queries, 2))
+  return points, grid / math.sqrt(num_queries)
 
 
 class QueryEncoder(nn.Module):
@@ -73,16 +85,25 @@ class QueryEncoder(nn.Module):
   num_heads: int
   mlp_ratio: float
   code_dim: int
+  attention_prior: bool
 
   @nn.compact
   def __call__(self, features: list[jax.Array]) -> jax.Array:
-    batch = features[0].shape[0]
+    batch, num_patches = features[0].shape[:2]
     shape = (self.num_queries, self.width)
     tokens = learned_embedding(self, "tokens", shape, ("query", "embed"), self.width**-0.5)
     pos = learned_embedding(self, "pos_embed", shape, ("query", "embed"), self.width**-0.5)
     x = jnp.broadcast_to(tokens + pos, (batch,) + shape)
+    if self.attention_prior:
+      grid = math.isqrt(num_patches)
+      points, spacing = query_points(self, self.num_queries, grid)
+      patches = grid_points(grid, grid, grid)
     for i, feature in enumerate(features):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(x, feature)
+      bias = None
+      if self.attention_prior:
+        bias = GaussianAttentionPrior(self.num_heads, spacing, name=f"prior_{i}")(points, patches)
+      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(
+          x, feature, bias)
     x = LayerNorm(name="ln_post")(x)
     return _dense(self.code_dim, ("embed", "code"), "to_latent")(x)
 
@@ -97,6 +118,8 @@ class QueryDecoder(nn.Module):
   num_heads: int
   mlp_ratio: float
   num_queries: int
+  attention_prior: bool
+  position_conv: bool
 
   @nn.compact
   def __call__(self, codes: jax.Array) -> jax.Array:
@@ -113,11 +136,39 @@ class QueryDecoder(nn.Module):
     mask = learned_embedding(self, "mask_token", (1, self.width), (None, "embed"))
     pos = patch_position_embedding(self, "pos_embed", grid, self.width)
     x = jnp.broadcast_to(mask + pos, (batch, num_patches, self.width))
+    if self.attention_prior:  # the transpose of the encoder's: patches read nearby latents
+      points, spacing = query_points(self, self.num_queries, grid)
+      patches = grid_points(grid, grid, grid)
     for i, latent in enumerate(latents):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(x, latent)
+      bias = None
+      if self.attention_prior:
+        bias = GaussianAttentionPrior(self.num_heads, spacing, name=f"prior_{i}")(patches, points)
+      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True,
+                position_conv=self.position_conv, name=f"block_{i}")(x, latent, bias)
     x = LayerNorm(name="ln_post")(x)
     pixels = _dense(self.patch_size**2 * 3, ("embed", "patch"), "to_pixels")(x)
-    return unpatchify(pixels, self.patch_size, self.image_size, self.image_size)
+    images = unpatchify(pixels, self.patch_size, self.image_size, self.image_size)
+    return PixelSmoothing(name="smooth_pixels")(images)
+
+
+def _dirac_init(key, shape, dtype=jnp.float32):
+  """A 3x3 convolution kernel that starts as the identity."""
+  del key
+  kernel = jnp.zeros(shape, dtype)
+  return kernel.at[shape[0] // 2, shape[1] // 2].set(jnp.eye(shape[2], shape[3], dtype=dtype))
+
+
+class PixelSmoothing(nn.Module):
+  """A 3x3 RGB->RGB convolution after unpatchify (TiTok's non-legacy pixel head ends
+  the same way): lets the decoder blend across patch borders, which a per-patch linear
+  head cannot. Initialised as the identity, so it starts as a no-op."""
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    channels = images.shape[-1]
+    return nn.Conv(channels, (3, 3), padding="SAME",
+                   kernel_init=param_init(_dirac_init, (None, None, None, None)),
+                   bias_init=param_init(nn.initializers.zeros, (None,)))(images)
 
 
 class ImageCQAE(nn.Module):
@@ -138,18 +189,21 @@ class ImageCQAE(nn.Module):
   num_queries: int = 32
   codebook_size: int = 1024
   code_dim: int = 16
+  attention_prior: bool = True
+  position_conv: bool = True
 
   def setup(self):
     if self.image_size % self.patch_size:
       raise ValueError(
           f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
     self.encoder = PatchEncoder(self.patch_size, self.width, self.encoder_depth,
-                                self.num_heads, self.mlp_ratio)
+                                self.num_heads, self.mlp_ratio, self.position_conv)
     self.queries = QueryEncoder(self.num_queries, self.width, self.num_heads,
-                                self.mlp_ratio, self.code_dim)
+                                self.mlp_ratio, self.code_dim, self.attention_prior)
     self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim)
     self.decoder = QueryDecoder(self.image_size, self.patch_size, self.width, self.decoder_depth,
-                                self.num_heads, self.mlp_ratio, self.num_queries)
+                                self.num_heads, self.mlp_ratio, self.num_queries,
+                                self.attention_prior, self.position_conv)
 
   def _check_images(self, images: jax.Array) -> None:
     expected = (self.image_size, self.image_size, 3)

@@ -9,6 +9,7 @@ the device mesh is decided only by the config's `sharding_rules`. Logical names:
   query   learnable query tokens   codebook / code   codebook rows / width
 """
 
+import math
 from typing import Sequence
 
 import jax
@@ -52,7 +53,9 @@ class Attention(nn.Module):
   head_dim: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               logit_bias: jax.Array | None = None) -> jax.Array:
+    """`logit_bias` [heads, N, S] is added to the attention logits (a position prior)."""
     context = x if context is None else context
     width = x.shape[-1]
     kernel_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
@@ -67,7 +70,9 @@ class Attention(nn.Module):
     q = project("query", x)
     k = project("key", context)
     v = project("value", context)
-    out = jax.nn.dot_product_attention(q, k, v)  # [B, N, heads, head_dim]
+    if logit_bias is not None:
+      logit_bias = logit_bias[None].astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, k, v, bias=logit_bias)  # [B, N, heads, head_dim]
     out_kernel = self.param(
         "out_kernel",
         param_init(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
@@ -102,27 +107,94 @@ class Block(nn.Module):
   """Pre-LN transformer block: self-attention, optional cross-attention, MLP.
 
   With `cross_attention`, the tokens also attend to a `context` sequence (the
-  context gets its own LayerNorm, as in the official CQAE code).
+  context gets its own LayerNorm, as in the official CQAE code). With
+  `position_conv`, tokens that form a square grid first get a depthwise 3x3
+  convolution added (the official code's PEG, "positional encoding generator").
   """
 
   num_heads: int
   mlp_ratio: float = 4.0
   cross_attention: bool = False
+  position_conv: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               cross_bias: jax.Array | None = None) -> jax.Array:
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
+    if self.position_conv:
+      x = x + PositionConv(name="peg")(x)
     x = x + Attention(self.num_heads, head_dim, name="self_attn")(LayerNorm(name="ln_self")(x))
     if self.cross_attention:
       if context is None:
         raise ValueError("a cross-attention block needs a context")
       x = x + Attention(self.num_heads, head_dim, name="cross_attn")(
-          LayerNorm(name="ln_cross")(x), LayerNorm(name="ln_context")(context))
+          LayerNorm(name="ln_cross")(x), LayerNorm(name="ln_context")(context), cross_bias)
     x = x + Mlp(int(width * self.mlp_ratio), name="mlp")(LayerNorm(name="ln_mlp")(x))
     return constrain(x)
+
+
+class PositionConv(nn.Module):
+  """Depthwise 3x3 convolution over a square grid of tokens [B, g*g, D] (PEG).
+
+  Gives every patch token a view of its neighbours before attention: the cheap
+  local inductive bias the official SweetTok code puts in its spatial blocks.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, length, width = x.shape
+    grid = math.isqrt(length)
+    if grid * grid != length:
+      raise ValueError(f"a position conv needs a square grid of tokens, got {length}")
+    conv = nn.Conv(width, (3, 3), padding="SAME", feature_group_count=width,
+                   kernel_init=param_init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                   bias_init=param_init(nn.initializers.zeros, ("embed",)))
+    return conv(x.reshape(batch, grid, grid, width)).reshape(batch, length, width)
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+  """(rows, cols) with rows * cols == count, as close to square as possible."""
+  rows = max(r for r in range(1, math.isqrt(count) + 1) if count % r == 0)
+  return rows, count // rows
+
+
+def grid_points(rows: int, cols: int, extent: int) -> jax.Array:
+  """Centres of a rows x cols tiling of an extent x extent patch grid, [rows*cols, 2]
+  (y, x) in patch units, row-major: where query token i "looks" at initialisation."""
+  ys = (jnp.arange(rows, dtype=jnp.float32) + 0.5) * extent / rows - 0.5
+  xs = (jnp.arange(cols, dtype=jnp.float32) + 0.5) * extent / cols - 0.5
+  yy, xx = jnp.meshgrid(ys, xs, indexing="ij")
+  return jnp.stack([yy.reshape(-1), xx.reshape(-1)], axis=1)
+
+
+class GaussianAttentionPrior(nn.Module):
+  """A learned, ConViT-style locality prior for cross-attention between query tokens
+  and patches: logits get `-|p_patch - c_query|^2 / (2 sigma_h^2)` added, with one
+  width sigma per head.
+
+  Why: with a handful of photos and minutes of CPU, a CQAE whose queries start out
+  attending everywhere stays at the "mean image" plateau for thousands of steps (every
+  query reads the same global average). Starting each query on its own region of the
+  image (centres on a grid, widths of about one grid cell, head h twice as wide as head
+  h-1) lets it learn a useful code at once; both centres and widths are trained, so a
+  query can drift or widen to global attention. The official code has no such prior
+  (it uses RoPE in self-attention only); `ImageCQAE.attention_prior=False` removes it.
+  """
+
+  num_heads: int
+  spacing: float  # grid-cell size in patch units, the initial width of head 0
+
+  @nn.compact
+  def __call__(self, query_points: jax.Array, key_points: jax.Array) -> jax.Array:
+    """[N, 2] and [S, 2] points (patch units) -> bias [heads, N, S]."""
+    init_scale = lambda key, shape, dtype=jnp.float32: jnp.log(
+        self.spacing * 2.0 ** jnp.arange(shape[0], dtype=dtype))
+    log_sigma = self.param("log_sigma", param_init(init_scale, ("heads",)), (self.num_heads,))
+    sq_dist = jnp.sum(jnp.square(query_points[:, None] - key_points[None]), axis=-1)
+    return -0.5 * sq_dist[None] * jnp.exp(-2.0 * log_sigma)[:, None, None]
 
 
 def learned_embedding(module: nn.Module, name: str, shape: tuple[int, int],
