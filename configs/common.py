@@ -65,8 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
       lr_mult=ml_collections.ConfigDict({name: 1.0 for name, _ in PARAM_GROUPS}),
   ))
 
-  # Loss weights (evaluated as step -> value schedules inside the step).
-  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.1))
+  # Loss weights (evaluated as step -> value schedules inside the step). Entropy 0.01 as in
+  # SoftVQ: on the CPU config 0.1 cost 0.7 dB held-out PSNR at equal steps (README, Results).
+  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.01))
 
   # The decoder sees (1 - mix) of the continuous latents, mix ramping 0 -> 1 over
   # these steps; evaluation always quantizes fully.

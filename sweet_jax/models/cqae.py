@@ -2,16 +2,20 @@
 
 Data flow (shapes for a batch of B images of side S, patch p, N = (S/p)^2):
 
-  encoder   patches [B,N,p*p*3] -> Dense -> +pos -> L transformer blocks,
-            keeping the output of every block: feats[0..L-1]    [B,N,D]
+  encoder   patches [B,N,p*p*3] -> Dense -> +pos -> L transformer blocks (each
+            starting with a PEG depthwise 3x3 conv over the patch grid, as the
+            official code), keeping every block's output: feats[0..L-1]  [B,N,D]
   queries   Q learnable query tokens (+ their own position embeddings); in
             layer i they self-attend and cross-attend to feats[i] (the official
-            layer-i-to-layer-i scheme, papers.md §1.2) -> LN -> Dense -> [B,Q,d]
+            layer-i-to-layer-i scheme, papers.md §1.2), with a learned Gaussian
+            locality prior on that cross-attention (ours, see layers.py)
+            -> LN -> Dense -> [B,Q,d]
   quantizer L2-normalised VQ over a K x d codebook (straight-through)
   decoder   Dense(d->D) + pos -> L latent blocks (self-attention), keeping every
             block's output; N mask tokens (one learned token + a position
-            embedding per patch) self-attend and, in layer i, cross-attend to
-            the i-th latent output; LN -> Dense(p*p*3) -> unpatchify.
+            embedding per patch) self-attend (PEG first) and, in layer i,
+            cross-attend to the i-th latent output (the transposed locality
+            prior); LN -> Dense(p*p*3) -> unpatchify -> 3x3 conv.
 
 Images are float in [-1, 1]. The official code feeds [-0.5, 0.5] and, in its
 first stage, predicts proxy codes of a frozen OmniTokenizer; we regress pixels
