@@ -7,8 +7,8 @@ import pytest
 from flax import linen as nn
 
 from sweet_jax.models import build_model
-from sweet_jax.models.layers import (GaussianAttentionPrior, grid_points, grid_shape, patchify,
-                                     unpatchify)
+from sweet_jax.models.layers import (GaussianAttentionPrior, PositionConv, grid_points, grid_shape,
+                                     patchify, unpatchify)
 
 SMALL = dict(image_size=32, patch_size=8, width=32, num_heads=2, encoder_depth=2,
              decoder_depth=2, num_queries=8, codebook_size=64, code_dim=8)
@@ -133,3 +133,17 @@ def test_attention_prior_starts_queries_on_their_own_region(model_and_params):
   without = build_model("cqae_image", **{**SMALL, "attention_prior": False})
   params = without.init(jax.random.key(0), images)["params"]
   assert "query_points" not in params["queries"] and "query_points" not in params["decoder"]
+
+
+def test_position_conv_is_a_depthwise_3x3_convolution():
+  """PEG as shifted adds equals XLA's grouped convolution with zero padding."""
+  x = jax.random.normal(jax.random.key(0), (2, 16, 6))  # a 4 x 4 grid, width 6
+  peg = PositionConv()
+  params = peg.init(jax.random.key(1), x)
+  kernel = nn.unbox(params)["params"]["kernel"]
+  reference = jax.lax.conv_general_dilated(
+      x.reshape(2, 4, 4, 6), kernel[:, :, None, :], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+  np.testing.assert_allclose(peg.apply(params, x), reference.reshape(2, 16, 6), atol=1e-5)
+  with pytest.raises(ValueError, match="square grid of tokens, got 15"):
+    peg.init(jax.random.key(1), x[:, :15])
