@@ -72,13 +72,24 @@ class PatchEncoder(nn.Module):
     return features
 
 
-def query_points(module: nn.Module, num_queries: int, grid: int) -> tuple[jax.Array, float]:
-  """Learned points (patch units) where the query tokens sit, initialised on a grid,
-  and the side of the area each query covers (the prior's initial width)."""
+def locality_priors(module: nn.Module, enabled: bool, num_queries: int, grid: int,
+                    num_heads: int, depth: int, patches_attend: bool) -> list[jax.Array | None]:
+  """One cross-attention logit bias per layer ([heads, N, S] each, or None when disabled).
+
+  The query tokens sit at learned points (patch units) initialised on a grid; each
+  layer's `GaussianAttentionPrior` starts as wide as the area one query covers. With
+  `patches_attend` the patches are the attending side (the decoder's transpose).
+  """
+  if not enabled:
+    return [None] * depth
   rows, cols = grid_shape(num_queries)
   init = lambda key, shape, dtype=jnp.float32: grid_points(rows, cols, grid).astype(dtype)
   points = module.param("query_points", param_init(init, ("query", None)), (num_queries, 2))
-  return points, grid / math.sqrt(num_queries)
+  patches = grid_points(grid, grid, grid)
+  attending, attended = (patches, points) if patches_attend else (points, patches)
+  spacing = grid / math.sqrt(num_queries)
+  return [GaussianAttentionPrior(num_heads, spacing, name=f"prior_{i}")(attending, attended)
+          for i in range(depth)]
 
 
 class QueryEncoder(nn.Module):
@@ -98,14 +109,10 @@ class QueryEncoder(nn.Module):
     tokens = learned_embedding(self, "tokens", shape, ("query", "embed"), self.width**-0.5)
     pos = learned_embedding(self, "pos_embed", shape, ("query", "embed"), self.width**-0.5)
     x = jnp.broadcast_to(tokens + pos, (batch,) + shape)
-    if self.attention_prior:
-      grid = math.isqrt(num_patches)
-      points, spacing = query_points(self, self.num_queries, grid)
-      patches = grid_points(grid, grid, grid)
-    for i, feature in enumerate(features):
-      bias = None
-      if self.attention_prior:
-        bias = GaussianAttentionPrior(self.num_heads, spacing, name=f"prior_{i}")(points, patches)
+    biases = locality_priors(self, self.attention_prior, self.num_queries,
+                             math.isqrt(num_patches), self.num_heads, len(features),
+                             patches_attend=False)
+    for i, (feature, bias) in enumerate(zip(features, biases)):
       x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(
           x, feature, bias)
     x = LayerNorm(name="ln_post")(x)
@@ -140,13 +147,10 @@ class QueryDecoder(nn.Module):
     mask = learned_embedding(self, "mask_token", (1, self.width), (None, "embed"))
     pos = patch_position_embedding(self, "pos_embed", grid, self.width)
     x = jnp.broadcast_to(mask + pos, (batch, num_patches, self.width))
-    if self.attention_prior:  # the transpose of the encoder's: patches read nearby latents
-      points, spacing = query_points(self, self.num_queries, grid)
-      patches = grid_points(grid, grid, grid)
-    for i, latent in enumerate(latents):
-      bias = None
-      if self.attention_prior:
-        bias = GaussianAttentionPrior(self.num_heads, spacing, name=f"prior_{i}")(patches, points)
+    # The transpose of the encoder's prior: patches read nearby latents.
+    biases = locality_priors(self, self.attention_prior, self.num_queries, grid,
+                             self.num_heads, len(latents), patches_attend=True)
+    for i, (latent, bias) in enumerate(zip(latents, biases)):
       x = Block(self.num_heads, self.mlp_ratio, cross_attention=True,
                 position_conv=self.position_conv, name=f"block_{i}")(x, latent, bias)
     x = LayerNorm(name="ln_post")(x)

@@ -185,8 +185,8 @@ class GaussianAttentionPrior(nn.Module):
   attending everywhere stays at the "mean image" plateau for thousands of steps (every
   query reads the same global average). Starting each query on its own region of the
   image (centres on a grid, widths of about one grid cell, head h twice as wide as head
-  h-1) lets it learn a useful code at once: +1.8 dB held-out at 600 steps on the CPU
-  config. Centres and widths are trained, so a query can drift or widen to global
+  h-1) lets it learn a useful code at once: on the CPU config, 17.3 dB held-out after
+  600 steps against 15.6 dB after 1500 steps without it. Centres and widths are trained, so a query can drift or widen to global
   attention. The official code has no such prior (it uses RoPE in self-attention, window
   attention and PEG); `ImageCQAE.attention_prior=False` removes it.
   """
