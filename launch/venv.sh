@@ -1,5 +1,5 @@
 # Sourced by launch/local.sh and tests/run.sh: creates .venv, or refreshes it when
-# requirements.txt changed since the last install (a stamp holds its hash).
+# requirements*.txt changed since the last install (a stamp holds its hash).
 ensure_venv() {
   local python="${PYTHON:-python3}"
   if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -8,12 +8,14 @@ ensure_venv() {
   fi
   local stamp=.venv/.requirements.sha256
   local want
-  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
   if [[ -x .venv/bin/python && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
   echo "Setting up .venv from requirements.txt (first time: a few minutes)..." >&2
   [[ -x .venv/bin/python ]] || "$python" -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 }

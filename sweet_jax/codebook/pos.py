@@ -1,0 +1,149 @@
+"""Parts of speech for the language codebook: which embedding words become codebook rows.
+
+The lexicon comes from PyPI `spacy-lookups-data` (files in its `data/` directory):
+`en_lemma_index.json.gz` (WordNet lemma lists per part of speech), `en_lemma_lookup.json.gz`
+(inflected form -> lemma) and `en_lexeme_prob.json.gz` (unigram log-probabilities).
+Stop words are scikit-learn's list, shipped next to this file.
+"""
+
+import dataclasses
+import functools
+import gzip
+import json
+import os
+from collections.abc import Collection, Iterable, Mapping
+
+from sweet_jax.codebook import sources
+
+POS_KEYS = ("adj", "adv", "noun", "verb")
+# Within a group a word takes one part of speech; the first of each pair wins.
+GROUP_OF_POS = {"adj": "spatial", "noun": "spatial", "adv": "temporal", "verb": "temporal"}
+WINNER_OVER = {"noun": "adj", "verb": "adv"}
+LEXICON_FILES = {"pos_lists": "en_lemma_index.json.gz", "lemma_of": "en_lemma_lookup.json.gz",
+                 "log_prob": "en_lexeme_prob.json.gz"}
+LEXICON_PACKAGE = "spacy_lookups_data"
+STOP_WORDS_FILE = os.path.join(os.path.dirname(__file__), "stop_words.txt")
+# The filters of `select_words`, in the order they run (the report counts survivors).
+FILTERS = ("wordnet", "alphabetic", "min_length", "not_stop_word", "in_vocabulary",
+           "not_inflected", "frequent", "one_pos_per_group", "selected")
+INFLECTION_RULE = "drop a word whose lemma_of[word] exists and differs from it"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PosLexicon:
+  """WordNet lemma lists per part of speech, inflection -> lemma, and word log-frequency."""
+
+  pos_lists: dict[str, frozenset[str]]
+  lemma_of: dict[str, str]
+  log_prob: dict[str, float]
+  directory: str
+
+
+def default_pos_dir() -> str:
+  return os.path.join(sources.package_dir(LEXICON_PACKAGE), "data")
+
+
+def load_pos_lexicon(path: str | None = None) -> PosLexicon:
+  """The lexicon in directory `path` (default: the installed spacy-lookups-data).
+
+  Parsed lexicons are cached per directory and file state: the 1M-entry frequency table
+  takes about a second to parse, and tests and builds ask for it repeatedly.
+  """
+  directory = os.path.abspath(path or default_pos_dir())
+  files = {key: os.path.join(directory, name) for key, name in LEXICON_FILES.items()}
+  missing = [p for p in files.values() if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f"part-of-speech lexicon {directory} lacks {missing}")
+  state = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files.values())
+  return _load_lexicon(directory, state)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_lexicon(directory: str, state: tuple) -> PosLexicon:
+  del state  # only part of the cache key
+  raw = {key: _read_json_gz(os.path.join(directory, name)) for key, name in LEXICON_FILES.items()}
+  index_path = os.path.join(directory, LEXICON_FILES["pos_lists"])
+  if not isinstance(raw["pos_lists"], dict):
+    raise ValueError(f"{index_path} must map parts of speech to word lists")
+  missing = [k for k in POS_KEYS if k not in raw["pos_lists"]]
+  if missing:
+    raise ValueError(f"{index_path} lacks parts of speech {missing}; it has "
+                     f"{sorted(raw['pos_lists'])}")
+  empty = [k for k in POS_KEYS if not raw["pos_lists"][k]]
+  if empty:
+    raise ValueError(f"{index_path}: the word lists of {empty} are empty")
+  for key in ("lemma_of", "log_prob"):
+    if not isinstance(raw[key], dict):
+      raise ValueError(f"{os.path.join(directory, LEXICON_FILES[key])} must be a JSON object")
+  return PosLexicon(pos_lists={k: frozenset(raw["pos_lists"][k]) for k in POS_KEYS},
+                    lemma_of=raw["lemma_of"], log_prob=raw["log_prob"], directory=directory)
+
+
+def _read_json_gz(path: str):
+  try:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is not gzip-compressed JSON: {e}") from e
+
+
+@functools.lru_cache(maxsize=1)
+def load_stop_words(path: str = STOP_WORDS_FILE) -> frozenset[str]:
+  """scikit-learn's English stop words (one a line, `#` comments)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"stop-word list {path} is missing (package data not installed?)")
+  with open(path, encoding="utf-8") as f:
+    words = (line.strip() for line in f)
+    return frozenset(w for w in words if w and not w.startswith("#"))
+
+
+def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapping[str, int],
+                 min_log_prob: float, min_length: int = 3,
+                 stop_words: Collection[str] | None = None
+                 ) -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
+  """(words per part of speech, most frequent first; survivors per filter and POS).
+
+  Filters, in order: lowercase ASCII letters only (no names, numbers, hyphens);
+  at least `min_length` letters (drops "ox"-like fragments and abbreviations); not a
+  stop word; in the embedding vocabulary; not an inflected form (codebook rows are
+  lemmas: "years" and "said" would duplicate "year" and "say"); log-probability at least
+  `min_log_prob` (rare and junk words have poor vectors; words without a frequency are
+  dropped). Then one part of speech per word within a group (an adjective is not also a
+  noun, an adverb not also a verb, as in the official SweetTok code; a word may still be
+  a noun in `spatial` and a verb in `temporal`), and the `sizes[pos]` most frequent words
+  (ties by the word, so the result does not depend on set order).
+  """
+  unknown = sorted(set(sizes) - set(POS_KEYS))
+  if unknown or any(k not in sizes for k in POS_KEYS):
+    raise ValueError(f"sizes must give exactly {POS_KEYS}; got {sorted(sizes)}")
+  if any(int(sizes[k]) < 1 for k in POS_KEYS):
+    raise ValueError(f"sizes must be positive, got {dict(sizes)}")
+  stop_words = load_stop_words() if stop_words is None else stop_words
+  vocab = set(vocab_words)
+  log_prob = lexicon.log_prob
+  checks = (
+      ("alphabetic", sources.is_plain_word),
+      ("min_length", lambda w: len(w) >= min_length),
+      ("not_stop_word", lambda w: w not in stop_words),
+      ("in_vocabulary", lambda w: w in vocab),
+      ("not_inflected", lambda w: lexicon.lemma_of.get(w, w) == w),
+      ("frequent", lambda w: log_prob.get(w, -float("inf")) >= min_log_prob),
+  )
+  report = {pos: {} for pos in POS_KEYS}
+  candidates = {}
+  for pos in POS_KEYS:
+    words = lexicon.pos_lists[pos]
+    report[pos]["wordnet"] = len(words)
+    for name, check in checks:
+      words = {w for w in words if check(w)}
+      report[pos][name] = len(words)
+    candidates[pos] = words
+  selected = {}
+  for pos in POS_KEYS:
+    words = candidates[pos] - candidates[WINNER_OVER[pos]] if pos in WINNER_OVER else \
+        candidates[pos]
+    report[pos]["one_pos_per_group"] = len(words)
+    ranked = sorted(words, key=lambda w: (-log_prob[w], w))
+    selected[pos] = ranked[:int(sizes[pos])]
+    report[pos]["selected"] = len(selected[pos])
+  return selected, report
