@@ -21,6 +21,8 @@ SHARDING_RULES = (
 PARAM_GROUPS = (
     ("encoder", r"^encoder/"),
     ("queries", r"^queries/"),
+    # The language codebook's GCN (MLC quantizer); lr_mult 0 freezes it.
+    ("codebook_projection", r"^quantizer/projection/"),
     ("quantizer", r"^quantizer/"),
     ("decoder", r"^decoder/"),
 )
@@ -63,6 +65,23 @@ def base_config() -> ml_collections.ConfigDict:
       param_groups=PARAM_GROUPS,
       # Per-group learning-rate multipliers; 0.0 freezes a group.
       lr_mult=ml_collections.ConfigDict({name: 1.0 for name, _ in PARAM_GROUPS}),
+  ))
+
+  # The language codebook (used when config.model.quantizer_type == "mlc"): built once
+  # from these settings by sweet_jax.codebook.build and cached under cache_dir
+  # (None: $SWEET_JAX_CACHE or ~/.cache/sweet_jax). Sizes cap each part of speech;
+  # the defaults are the paper's (the builder reports what it could get).
+  c.codebook = ml_collections.ConfigDict(dict(
+      source="glove",  # glove | minilm | safetensors | npz
+      embeddings=config_dict.placeholder(str),  # safetensors/npz: the user's file
+      tensor=config_dict.placeholder(str),  # safetensors: the embedding tensor's name
+      vocab=config_dict.placeholder(str),  # safetensors: tokenizer.json or one token per line
+      pos_dir=config_dict.placeholder(str),  # None: the spacy-lookups-data package
+      cooccurrence=config_dict.placeholder(str),  # word-pair list; None: kNN graph
+      knn=10,
+      min_log_prob=-16.0,  # unigram log-prob floor (spaCy lexeme table)
+      sizes=ml_collections.ConfigDict(dict(adj=5078, noun=5403, adv=1872, verb=9267)),
+      cache_dir=config_dict.placeholder(str),
   ))
 
   # Loss weights (evaluated as step -> value schedules inside the step). Entropy 0.01 as in

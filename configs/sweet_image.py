@@ -1,6 +1,8 @@
-r"""SweetTokenizer, image CQAE with an L2-normalised VQ codebook.
+r"""SweetTokenizer, image CQAE quantized against the language codebook (MLC).
 
-Variants (`--config=configs/sweet_image.py:VARIANT`):
+Every token is two adjectives (averaged) and a noun: the code rows are GloVe word
+vectors through a trainable 2-layer GCN over a kNN word graph (quantizers/mlc.py,
+codebook/). Variants (`--config=configs/sweet_image.py:VARIANT[,CODEBOOK]`):
 
   cpu       the main job: embedded real photos (scikit-image), 64x64 crops,
             32 tokens x 1024 codes, width 64, 2600 steps. About 10 minutes on 2 CPU cores.
@@ -15,6 +17,12 @@ Variants (`--config=configs/sweet_image.py:VARIANT`):
               --workdir=gs://BUCKET/sweet_image_B --config.data.data_dir=gs://BUCKET/tfds
             (imagenet2012 prepared once with TFDS, file_format=array_record.)
 
+CODEBOOK (optional, for ablations; default `language`):
+  plain     the same MLC quantizer with a free learnable table of equal size and
+            dimension instead of GCN(word vectors): asks whether the words matter.
+  vq        the L2-normalised VQ of config.model.codebook_size codes, one index per token.
+e.g. --config=configs/sweet_image.py:cpu,plain
+
 Override any field with --config.FIELD=VALUE, e.g. --config.total_steps=200.
 """
 
@@ -23,14 +31,18 @@ import ml_collections
 from configs import common
 
 VARIANTS = ("cpu", "runlocal", "B", "L")
+CODEBOOKS = ("language", "plain", "vq")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "cpu"
+  variant, _, codebook = (arg or "cpu").partition(",")
+  codebook = codebook or "language"
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of sweet_image; choose one of {VARIANTS}")
+  if codebook not in CODEBOOKS:
+    raise ValueError(f"unknown codebook {codebook!r} in {arg!r}; choose one of {CODEBOOKS}")
   c = common.base_config()
-  c.variant = variant
+  c.variant = f"{variant},{codebook}"
   image_size = ml_collections.FieldReference(64)
   c.data.image_size = image_size
   c.model = ml_collections.ConfigDict(dict(
@@ -47,6 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       code_dim=12,
       attention_prior=True,
       position_conv=True,
+      quantizer_type="vq" if codebook == "vq" else "mlc",
+      mlc_codebook="learned" if codebook == "plain" else "language",
+      gcn_hidden=256,
+      gcn_dropout=0.5,
+      normalize_word_codes=False,
   ))
 
   c.data.color_jitter = 0.3
@@ -55,7 +72,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # and steps (not FLOPs) are what this architecture is short of on CPU (width 128
     # gave the same PSNR per step, 1.6x slower). lr 1e-2 beat 2e-3 and 5e-3 by
     # 0.7 / 0.2 dB held-out at 600 steps.
-    c.model.update(width=64, num_heads=2, encoder_depth=2, decoder_depth=2, codebook_size=1024)
+    c.model.update(width=64, num_heads=2, encoder_depth=2, decoder_depth=2, codebook_size=1024,
+                   gcn_hidden=64)
+    # A CPU-sized vocabulary: the 1024 most frequent words per part of speech. The
+    # quantizer's cost grows with the word count (distances, top-k and the entropy term
+    # over [tokens, words]): with ~10k words (the paper's 5078 + 5403) its forward and
+    # backward took 215 ms per batch here, with 1024 + 1024 62 ms (the whole step ~250 ms).
+    c.codebook.sizes.update(adj=1024, noun=1024, adv=1024, verb=1024)
     c.data.crop_min_scale = 0.2
     c.total_steps = 2600
     c.batch_size = 32
@@ -63,7 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif variant == "runlocal":
     image_size.set(32)
     c.model.update(width=32, num_heads=2, encoder_depth=1, decoder_depth=1,
-                   num_queries=8, codebook_size=64, code_dim=8)
+                   num_queries=8, codebook_size=64, code_dim=8, gcn_hidden=16)
+    c.codebook.sizes.update(adj=64, noun=64, adv=32, verb=64)
     c.total_steps = 6
     c.batch_size = 8
     c.eval_batch_size = 16

@@ -58,6 +58,12 @@ class Checkpointer:
     )
     return restored.state
 
+  def restore_state(self, step: int, abstract_state: Any) -> Any:
+    """Restores only the train state (readouts and evaluators need no data iterator)."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored.state
+
   def wait_until_finished(self) -> None:
     self.manager.wait_until_finished()
 

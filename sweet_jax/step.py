@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from sweet_jax.evaluate.metrics import codebook_stats, psnr, ssim
+from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 from sweet_jax.optim import Schedule, get_step
 
 
@@ -56,9 +56,10 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: Schedule, loss_weights: Mapping[str, Schedule],
-                    quantizer_mix: Schedule, codebook_size: int
+                    quantizer_mix: Schedule
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch) -> (state, metrics); batch["image"] is uint8."""
+  index_groups = model.index_groups()
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     step = state.step
@@ -68,7 +69,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     mix = quantizer_mix(step)
 
     def loss_fn(params):
-      recon, aux = model.apply({"params": params}, images, mix, rngs={"dropout": rng})
+      recon, aux = model.apply({"params": params}, images, mix, True, rngs={"dropout": rng})
       terms = {
           "recon": jnp.mean(jnp.square(recon - images)),
           "commitment": aux["commitment_loss"],
@@ -89,7 +90,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         "param_norm": optax.tree.norm(params),
         "learning_rate": learning_rate(step),
         "quantizer_mix": mix,
-        **{f"codebook_{k}": v for k, v in codebook_stats(indices, codebook_size).items()},
+        **codebook_stats_by_group(indices, index_groups),
     }
     return TrainState(params=params, opt_state=opt_state, rng=state.rng), metrics
 

@@ -23,9 +23,10 @@ from sweet_jax import optim, parallel
 from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
 from sweet_jax.data import pipeline
 from sweet_jax.evaluate.images import save_png
-from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
+from sweet_jax.evaluate.reconstruction import ReconstructionResult, evaluate_reconstruction
 from sweet_jax.models import build_model
 from sweet_jax.step import TrainState, make_eval_step, make_init_fn, make_train_step
+from sweet_jax.words import has_words, words_markdown
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -45,6 +46,34 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                "checkpoint_every_steps", "summary_every_steps"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be positive, got {config[name]}")
+
+
+def load_word_group(config: ml_collections.ConfigDict, workdir: str | None = None
+                    ) -> dict[str, Any]:
+  """The model's `word_group` field when it quantizes with the language codebook.
+
+  A run keeps its own copy of the codebook in `workdir/codebook`: the first start
+  copies it there from the build cache, later starts (resumes, the words readout)
+  read that copy, so a checkpoint always meets the codebook it was trained with.
+  """
+  if config.model.get("quantizer_type", "vq") != "mlc":
+    return {}
+  from sweet_jax.codebook import artifact  # pylint: disable=g-import-not-at-top
+  run_copy = os.path.join(workdir, "codebook") if workdir else None
+  if run_copy and os.path.exists(os.path.join(run_copy, "manifest.json")):
+    codebook = artifact.load(run_copy)
+  else:
+    from sweet_jax.codebook import build  # pylint: disable=g-import-not-at-top
+    cb = config.codebook
+    codebook = build.cached_codebook(
+        cb.cache_dir or build.default_cache_dir(), source=cb.source, embeddings=cb.embeddings,
+        tensor=cb.tensor, vocab=cb.vocab, pos_dir=cb.pos_dir, cooccurrence=cb.cooccurrence,
+        knn=cb.knn, min_log_prob=cb.min_log_prob, sizes=dict(cb.sizes))
+    if run_copy and jax.process_index() == 0:
+      artifact.save(run_copy, codebook.spatial, codebook.temporal, codebook.manifest)
+  logging.info("Language codebook %s: %s", codebook.manifest["hash"][:12],
+               codebook.manifest["sizes"])
+  return {"word_group": codebook.spatial}
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -78,8 +107,12 @@ class Components:
 
 
 def build_components(config: ml_collections.ConfigDict,
-                     devices: Sequence[jax.Device] | None = None) -> Components:
-  """Mesh (over `devices`, default all), model, optimizer, jitted steps with shardings."""
+                     devices: Sequence[jax.Device] | None = None,
+                     workdir: str | None = None) -> Components:
+  """Mesh (over `devices`, default all), model, optimizer, jitted steps with shardings.
+
+  `workdir` holds (or receives) the run's copy of the language codebook, if any.
+  """
   mesh = parallel.make_mesh(config.mesh, devices)
   rules = [tuple(rule) for rule in config.sharding_rules]
   dp = parallel.data_parallel_size(mesh, rules)
@@ -88,7 +121,7 @@ def build_components(config: ml_collections.ConfigDict,
       raise ValueError(f"config.{name}={config[name]} is not divisible by the "
                        f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
 
-  model = build_model(**config.model)
+  model = build_model(**config.model, **load_word_group(config, workdir))
   schedule = optim.warmup_cosine(config.optim.lr, config.optim.warmup_steps,
                                  config.total_steps, config.optim.end_lr_fraction)
   tx = optim.make_optimizer(
@@ -106,8 +139,7 @@ def build_components(config: ml_collections.ConfigDict,
   batch_sharding = parallel.batch_sharding(mesh, rules)
   train_step = jax.jit(
       make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
-                      quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps),
-                      codebook_size=config.model.codebook_size),
+                      quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps)),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=(0,))
@@ -134,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if is_chief:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  c = build_components(config)
+  c = build_components(config, workdir=workdir)
 
   data = config.data
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -165,11 +197,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info("Parameters: %d",
                    sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
 
-    def run_eval() -> tuple[dict[str, Any], np.ndarray]:
-      return evaluate_reconstruction(
+    def run_eval(step: int, prefix: str) -> ReconstructionResult:
+      result = evaluate_reconstruction(
           c.eval_step, state.params, eval_batches, to_global,
-          bits_per_image=c.model.bits_per_image,
-          codebook_size=c.model.codebook_size, num_grid_images=config.num_summary_images)
+          bits_per_image=c.model.bits_per_image, index_groups=c.model.index_groups(),
+          num_grid_images=config.num_summary_images)
+      writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in result.metrics.items()
+                                  if isinstance(v, (int, float))})
+      writer.write_images(step, {f"{prefix}/originals_recons_thumbnails": result.grid[None]})
+      if has_words(c.model):
+        writer.write_texts(step, {f"{prefix}/words": words_markdown(c.model, result.grid_indices)})
+      return result
 
     step = int(state.step)
     last_step = config.total_steps
@@ -192,22 +230,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if not np.isfinite(scalars["loss"]):
           raise FloatingPointError(f"non-finite training loss at step {step}: {scalars}")
       if step % config.summary_every_steps == 0:
-        eval_metrics, grid = run_eval()
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        writer.write_images(step, {"eval/originals_recons_thumbnails": grid[None]})
+        run_eval(step, "eval")
       checkpointer.save(step, state, train_iter, force=step == last_step)
     train_seconds = time.time() - train_start
 
     checkpointer.wait_until_finished()
-    eval_metrics, grid = run_eval()
-  eval_metrics.update(step=step, train_seconds=round(train_seconds, 1))
-  writer.write_scalars(step, {f"final/{k}": v for k, v in eval_metrics.items()
-                              if isinstance(v, (int, float))})
-  writer.write_images(step, {"final/originals_recons_thumbnails": grid[None]})
+    final = run_eval(step, "final")
+  eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1))
   writer.flush()
   if is_chief:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(eval_metrics, f, indent=2)
-    save_png(os.path.join(workdir, "recon_grid.png"), grid)
+    save_png(os.path.join(workdir, "recon_grid.png"), final.grid)
+    if has_words(c.model):
+      with open(os.path.join(workdir, "words.md"), "w") as f:
+        f.write(words_markdown(c.model, final.grid_indices))
   checkpointer.close()
   return eval_metrics

@@ -1,5 +1,6 @@
-"""Test set-up: 8 virtual CPU devices (so sharding is real), parsed absl flags, and
-a per-session compilation cache (several tests compile the same train step)."""
+"""Test set-up: 8 virtual CPU devices (so sharding is real), parsed absl flags, a
+per-session compilation cache (several tests compile the same train step), a fresh
+language-codebook cache, and a small hand-made word graph for quantizer tests."""
 
 import os
 import tempfile
@@ -8,13 +9,38 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from sweet_jax.codebook.artifact import WordGroup  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
 
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="sweet_jax_jit_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def codebook_cache(tmp_path_factory) -> str:
+  """Language codebooks built during the tests go to a fresh cache, not ~/.cache."""
+  cache = str(tmp_path_factory.mktemp("codebooks"))
+  os.environ["SWEET_JAX_CACHE"] = cache
+  return cache
+
+
+def ring_word_group(num_words=30, num_first=12, dim=10, seed=0) -> WordGroup:
+  """A ring graph with self-loops (every degree 3, so every GCN weight is 1/3)."""
+  rng = np.random.default_rng(seed)
+  nodes = np.arange(num_words)
+  senders = np.concatenate([nodes, nodes, nodes])
+  receivers = np.concatenate([nodes, (nodes + 1) % num_words, (nodes - 1) % num_words])
+  order = np.lexsort((senders, receivers))
+  return WordGroup(
+      name="spatial", words=np.array([f"w{i}" for i in range(num_words)]),
+      vectors=rng.normal(size=(num_words, dim)).astype(np.float32),
+      senders=senders[order].astype(np.int32), receivers=receivers[order].astype(np.int32),
+      edge_weights=np.full(3 * num_words, 1 / 3, np.float32), num_first=num_first)
 
 
 @pytest.fixture(scope="session")

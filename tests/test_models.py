@@ -47,6 +47,27 @@ def test_index_round_trip(model_and_params):
   np.testing.assert_allclose(from_indices, direct, atol=1e-5)
 
 
+@pytest.mark.parametrize("codebook", ["language", "learned"])
+def test_mlc_model_index_round_trip_is_exact(codebook):
+  """decode_from_indices(encode_to_indices(x)) == decode(quantize(encode(x))), bit for bit."""
+  from conftest import ring_word_group  # pylint: disable=g-import-not-at-top
+  model = build_model("cqae_image", **SMALL, quantizer_type="mlc", word_group=ring_word_group(),
+                      mlc_codebook=codebook, gcn_hidden=16)
+  images = jax.random.uniform(jax.random.key(1), (3, 32, 32, 3), minval=-1, maxval=1)
+  params = nn.unbox(model.init(jax.random.key(0), images))
+  indices = jax.jit(lambda p, x: model.apply(p, x, method=model.encode_to_indices))(params, images)
+  assert indices.shape == (3, 8, 3) and indices.dtype == jnp.int32
+
+  def direct(p, x):
+    codes, _ = model.apply(p, model.apply(p, x, method=model.encode), method=model.quantize)
+    return model.apply(p, codes, method=model.decode)
+
+  from_indices = jax.jit(lambda p, i: model.apply(p, i, method=model.decode_from_indices))
+  np.testing.assert_array_equal(from_indices(params, indices), jax.jit(direct)(params, images))
+  assert model.index_groups() == {"adj": ((0, 1), 12), "noun": ((2,), 18)}
+  assert model.bits_per_image == pytest.approx(8 * (np.log2(12 * 11 / 2) + np.log2(18)))
+
+
 def test_straight_through_gradient_reaches_encoder(model_and_params):
   model, variables, images = model_and_params
   params = nn.unbox(variables)

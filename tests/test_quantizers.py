@@ -1,9 +1,12 @@
-"""The L2-normalised VQ: nearest code, straight-through gradient, warm-up mix, entropy."""
+"""Quantizers: the L2-normalised VQ (nearest code, straight-through gradient, warm-up mix,
+entropy) and the MLC language-codebook quantizer (GCN, top-2/top-1, exact index round trip)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sweet_jax.models.layers import l2_normalize
 from sweet_jax.optim import linear_ramp
@@ -62,3 +65,115 @@ def test_linear_ramp():
   ramp = linear_ramp(10)
   assert float(ramp(0)) == 0.0 and float(ramp(5)) == 0.5 and float(ramp(20)) == 1.0
   assert float(linear_ramp(0)(0)) == 1.0
+
+
+# --- The MLC (language codebook) quantizer -------------------------------------------
+
+from conftest import ring_word_group  # noqa: E402
+from sweet_jax.quantizers.mlc import GraphConv, LanguageQuantizer  # noqa: E402
+
+
+def _mlc(**kwargs):
+  group = ring_word_group()
+  mlc = LanguageQuantizer(group, code_dim=8, hidden=16, **kwargs)
+  latents = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  params = nn.unbox(mlc.init(jax.random.key(1), latents))
+  return mlc, params, latents, group
+
+
+def test_graph_conv_equals_dense_normalised_adjacency():
+  group = ring_word_group()
+  conv = GraphConv(7)
+  args = (group.senders, group.receivers, group.edge_weights)
+  params = nn.unbox(conv.init(jax.random.key(0), group.vectors, *args))
+  dense = np.zeros((group.size, group.size), np.float32)
+  np.add.at(dense, (group.receivers, group.senders), group.edge_weights)
+  kernel = params["params"]["Dense_0"]["kernel"]
+  bias = jax.random.normal(jax.random.key(1), (7,))
+  params["params"]["bias"] = bias
+  expected = dense @ (group.vectors @ np.asarray(kernel)) + np.asarray(bias)
+  np.testing.assert_allclose(conv.apply(params, group.vectors, *args), expected, atol=1e-5)
+
+
+def test_top2_mean_and_nearest_by_squared_distance():
+  mlc, params, latents, group = _mlc()
+  codes, aux = mlc.apply(params, latents)
+  first, second = mlc.apply(params, method=mlc.codebooks)
+  z = np.asarray(l2_normalize(latents))
+  d_first = ((z[..., None, :4] - np.asarray(first)) ** 2).sum(-1)
+  d_second = ((z[..., None, 4:] - np.asarray(second)) ** 2).sum(-1)
+  top2 = np.argsort(d_first, axis=-1)[..., :2]
+  nearest = np.argmin(d_second, axis=-1)
+  np.testing.assert_array_equal(aux["indices"], np.concatenate([top2, nearest[..., None]], -1))
+  expected = np.concatenate([np.asarray(first)[top2].mean(-2), np.asarray(second)[nearest]], -1)
+  np.testing.assert_allclose(codes, expected, atol=1e-6)
+  assert aux["indices"].shape == (2, 5, 3)
+  assert (aux["indices"][..., :2] < group.num_first).all()
+  assert (aux["indices"][..., 2] < group.num_second).all()
+
+
+def test_mlc_lookup_inverts_the_index_layout_exactly():
+  mlc, params, latents, _ = _mlc()
+  codes, aux = mlc.apply(params, latents)
+  np.testing.assert_array_equal(mlc.apply(params, aux["indices"], method=mlc.lookup), codes)
+  # The official decoder reads the token-major adjective pairs k-major: wrong pairs.
+  flat = aux["indices"][..., :2].reshape(2, 10)
+  misread = jnp.stack([flat[:, :5], flat[:, 5:], aux["indices"][..., 2]], axis=-1)
+  assert not np.allclose(mlc.apply(params, misread, method=mlc.lookup), codes)
+
+
+def test_mlc_straight_through_gradient_and_codebook_learning():
+  mlc, params, latents, _ = _mlc()
+  weights = jax.random.normal(jax.random.key(2), (2, 5, 8))
+  grad = jax.grad(lambda x: jnp.sum(mlc.apply(params, x)[0] * weights))(latents)
+  grad_z = jax.grad(lambda x: jnp.sum(l2_normalize(x) * weights))(latents)
+  np.testing.assert_allclose(grad, grad_z, atol=1e-6)
+  # The GCN learns only through the codebook loss (no gradient through the codes).
+  through_codes = jax.grad(lambda p: jnp.sum(mlc.apply(p, latents)[0] * weights))(params)
+  through_loss = jax.grad(lambda p: mlc.apply(p, latents)[1]["codebook_loss"])(params)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(through_codes))
+  assert float(optax_norm(through_loss)) > 0.0
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_mlc_dropout_only_in_training():
+  mlc, params, latents, _ = _mlc()
+  eval_a = mlc.apply(params, method=mlc.codebooks)
+  eval_b = mlc.apply(params, method=mlc.codebooks)
+  train = mlc.apply(params, True, method=mlc.codebooks, rngs={"dropout": jax.random.key(5)})
+  np.testing.assert_array_equal(eval_a[0], eval_b[0])
+  assert not np.allclose(train[0], eval_a[0])
+
+
+def test_learned_codebook_has_the_same_shape_and_no_gcn():
+  mlc, params, latents, group = _mlc(codebook="learned")
+  assert set(params["params"]) == {"codebook"}
+  assert params["params"]["codebook"].shape == (group.size, 4)
+  codes, aux = mlc.apply(params, latents)
+  assert codes.shape == latents.shape and aux["indices"].shape == (2, 5, 3)
+
+
+def test_mlc_bits_and_errors():
+  group = ring_word_group()
+  mlc = LanguageQuantizer(group, code_dim=8)
+  n1, n2 = group.num_first, group.num_second
+  assert mlc.bits_per_token() == pytest.approx(np.log2(n1 * (n1 - 1) / 2) + np.log2(n2))
+  with pytest.raises(ValueError, match="code_dim 7 is odd"):
+    LanguageQuantizer(group, code_dim=7).init(jax.random.key(0), jnp.zeros((1, 7)))
+
+
+def test_mlc_sharded_equals_single_device():
+  mlc, params, latents, _ = _mlc()
+  latents = jax.random.normal(jax.random.key(3), (8, 5, 8))
+  single = jax.jit(lambda p, x: mlc.apply(p, x))(params, latents)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded_latents = jax.device_put(latents, NamedSharding(mesh, P("data")))
+  sharded = jax.jit(lambda p, x: mlc.apply(p, x))(params, sharded_latents)
+  assert sharded[0].sharding.spec == P("data")
+  np.testing.assert_allclose(sharded[0], single[0], atol=1e-6)
+  np.testing.assert_array_equal(sharded[1]["indices"], single[1]["indices"])
+  for name in ("commitment_loss", "codebook_loss", "entropy_loss"):
+    np.testing.assert_allclose(sharded[1][name], single[1][name], rtol=1e-5)

@@ -1,14 +1,19 @@
-"""End to end: train -> checkpoint -> resume, and the main job's outputs."""
+"""End to end: train -> checkpoint -> resume, the main job's outputs, the words readout."""
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from skimage import data as skimage_data
 
 from configs import sweet_image
+from sweet_jax.codebook import artifact
 from sweet_jax.train import build_components, train_and_evaluate
 
 
@@ -31,7 +36,7 @@ def _saved_data_state(workdir, step):
 
 
 def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir,
-                                                          monkeypatch):
+                                                          monkeypatch, codebook_cache):
   config = runlocal(embedded_data_dir)  # 6 steps, checkpoint every 2
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
 
@@ -47,6 +52,11 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
   assert {2, 4} <= set(saved) and saved[-1] == 4  # orbax also saves the very first step
   assert _saved_data_state(resumed_dir, 4) != _saved_data_state(resumed_dir, 2)
 
+  # The run keeps its own copy of the language codebook: resuming needs no build cache.
+  run_codebook = artifact.load(os.path.join(resumed_dir, "codebook"))
+  shutil.rmtree(codebook_cache)
+  os.makedirs(codebook_cache)
+
   # The restarted run resumes at step 4 and ends where the uninterrupted one did.
   resumed = train_and_evaluate(config, resumed_dir)
   assert resumed["step"] == 6
@@ -55,16 +65,42 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
                   jax.tree.leaves(_saved_params(resumed_dir, 6))):
     np.testing.assert_array_equal(a, b)
   assert resumed["psnr"] == full["psnr"]
+  assert not os.listdir(codebook_cache)
+  assert artifact.load(os.path.join(full_dir, "codebook")).manifest["hash"] == \
+      run_codebook.manifest["hash"]
 
   # The job's outputs.
   with open(os.path.join(full_dir, "metrics.json")) as f:
     metrics = json.load(f)
-  for key in ("psnr", "ssim", "thumbnail_psnr", "thumbnail_ssim", "codebook_usage",
-              "codebook_perplexity", "bits_per_image", "thumbnail_bits", "step"):
+  for key in ("psnr", "ssim", "thumbnail_psnr", "thumbnail_ssim", "codebook_adj_usage",
+              "codebook_adj_perplexity", "codebook_noun_usage", "codebook_noun_perplexity",
+              "bits_per_image", "thumbnail_bits", "step"):
     assert key in metrics
   assert metrics["thumbnail_bits"] >= metrics["bits_per_image"]
   assert os.path.getsize(os.path.join(full_dir, "recon_grid.png")) > 0
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(full_dir))
+  words = set(run_codebook.spatial.words)
+  with open(os.path.join(full_dir, "words.md")) as f:
+    summary = f.read()
+  assert summary.count("held-out image") == config.num_summary_images
+  assert _table_words(summary) <= words
+
+  # The words readout on a held-out photo (a file, as a user would pass it).
+  photo = os.path.join(os.path.dirname(skimage_data.__file__), "coffee.png")
+  out = subprocess.run([sys.executable, "-m", "sweet_jax.words", f"--workdir={full_dir}",
+                        f"--image={photo}"], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert "coffee.png" in out.stdout and "checkpoint step 6" in out.stdout
+  readout = _table_words(out.stdout)
+  assert len(readout) >= 3 and readout <= words  # real words from the codebook
+  assert all(w.isalpha() and w.islower() for w in readout)
+
+
+def _table_words(markdown: str) -> set[str]:
+  """Words in the '| token | adj+adj noun |' rows of a words table."""
+  rows = [line.split("|")[2].strip() for line in markdown.splitlines()
+          if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+  return {w for row in rows for w in row.replace("+", " ").split()}
 
 
 def test_mesh_must_match_device_count(embedded_data_dir, tmp_path):
@@ -82,6 +118,26 @@ def test_patch_size_must_divide_image_size(embedded_data_dir, tmp_path):
   with pytest.raises(ValueError, match="patch_size=5 does not divide config.model.image_size=32"):
     train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_frozen_codebook_projection_stays_put(embedded_data_dir):
+  """lr_mult.codebook_projection=0 freezes the GCN (no update, no weight decay)."""
+  config = runlocal(embedded_data_dir)
+  with config.unlocked():
+    config.optim.lr_mult.codebook_projection = 0.0
+  c = build_components(config)
+  state = c.init_state()
+  before = jax.device_get(state.params)
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)}
+  for _ in range(2):
+    state, _ = c.train_step(state, jax.device_put(batch, c.batch_sharding))
+  after = jax.device_get(state.params)
+  for a, b in zip(jax.tree.leaves(before["quantizer"]["projection"]),
+                  jax.tree.leaves(after["quantizer"]["projection"])):
+    np.testing.assert_array_equal(a, b)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["decoder"]),
+                                                   jax.tree.leaves(after["decoder"]))]
+  assert any(moved)
 
 
 def test_unknown_parameter_group_multiplier():

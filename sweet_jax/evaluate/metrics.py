@@ -85,3 +85,17 @@ def codebook_stats(indices: jax.Array, codebook_size: int) -> dict[str, jax.Arra
   probs = counts / jnp.maximum(jnp.sum(counts), 1.0)
   entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
   return {'usage': jnp.mean(counts > 0), 'perplexity': jnp.exp(entropy)}
+
+
+def codebook_stats_by_group(indices: jax.Array, groups: dict) -> dict[str, jax.Array]:
+  """`codebook_{usage,perplexity}` per codebook group, named `codebook_<group>_<stat>`
+  when there are several (the MLC's POS groups: adj over index columns 0-1, noun over 2).
+
+  `groups` maps name -> (index columns, or None for indices without a column axis; size).
+  """
+  out = {}
+  for name, (columns, size) in groups.items():
+    selected = indices if columns is None else indices[..., list(columns)]
+    prefix = "codebook" if len(groups) == 1 else f"codebook_{name}"
+    out.update({f"{prefix}_{k}": v for k, v in codebook_stats(selected, size).items()})
+  return out

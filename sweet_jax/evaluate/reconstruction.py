@@ -6,6 +6,7 @@ side is the smallest with side^2 x 3 x 8 >= those bits. Both are scored with
 the same PSNR/SSIM on the same held-out images.
 """
 
+import dataclasses
 from typing import Any, Callable, Iterable
 
 import jax
@@ -14,7 +15,7 @@ from jax.experimental import multihost_utils
 
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
 from sweet_jax.evaluate.images import make_grid, to_uint8
-from sweet_jax.evaluate.metrics import codebook_stats, psnr, ssim
+from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 
 
 def _gather(tree: Any) -> Any:
@@ -22,11 +23,20 @@ def _gather(tree: Any) -> Any:
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+@dataclasses.dataclass
+class ReconstructionResult:
+  metrics: dict[str, float]
+  grid: np.ndarray  # originals above reconstructions above thumbnails, uint8 HWC
+  grid_indices: np.ndarray  # the token indices of the images in the grid
+
+
 def evaluate_reconstruction(
     eval_step: Callable[[Any, dict], dict], params: Any, batches: Iterable[dict],
-    to_global: Callable[[dict], dict], *, bits_per_image: float, codebook_size: int,
-    num_grid_images: int) -> tuple[dict[str, float], np.ndarray]:
-  """Returns (metrics, grid image: originals above reconstructions above thumbnails)."""
+    to_global: Callable[[dict], dict], *, bits_per_image: float,
+    index_groups: dict[str, tuple[tuple[int, ...] | None, int]],
+    num_grid_images: int) -> ReconstructionResult:
+  """Scores every held-out image; codebook usage and perplexity per `index_groups`
+  (the model's codebooks, e.g. one per part of speech for the language codebook)."""
   originals, recons, psnrs, ssims, indices = [], [], [], [], []
   for local_batch in batches:
     out = _gather(eval_step(params, to_global(local_batch)))
@@ -46,13 +56,12 @@ def evaluate_reconstruction(
   side = thumbnail_side(bits_per_image)
   thumbs = bicubic_thumbnail(originals, side)
   unit = lambda x: np.asarray(x, np.float32) / 255.0
-  usage = codebook_stats(all_indices, codebook_size)
+  usage = codebook_stats_by_group(all_indices, index_groups)
   metrics = {
       "num_images": int(len(originals)),
       "psnr": float(np.mean(np.concatenate(psnrs))),
       "ssim": float(np.mean(np.concatenate(ssims))),
-      "codebook_usage": float(usage["usage"]),
-      "codebook_perplexity": float(usage["perplexity"]),
+      **{name: float(value) for name, value in usage.items()},
       "bits_per_image": float(bits_per_image),
       "thumbnail_side": int(side),
       "thumbnail_bits": int(side * side * 3 * 8),
@@ -61,4 +70,4 @@ def evaluate_reconstruction(
   }
   n = min(num_grid_images, len(originals))
   grid = make_grid([originals[:n], recons[:n], thumbs[:n]])
-  return metrics, grid
+  return ReconstructionResult(metrics=metrics, grid=grid, grid_indices=all_indices[:n])

@@ -10,7 +10,9 @@ Data flow (shapes for a batch of B images of side S, patch p, N = (S/p)^2):
             layer-i-to-layer-i scheme, papers.md §1.2), with a learned Gaussian
             locality prior on that cross-attention (ours, see layers.py)
             -> LN -> Dense -> [B,Q,d]
-  quantizer L2-normalised VQ over a K x d codebook (straight-through)
+  quantizer `quantizer_type="vq"`: L2-normalised VQ over a K x d codebook;
+            `"mlc"`: the language codebook (quantizers/mlc.py: each token becomes
+            2 adjectives + 1 noun of a word group); straight-through either way
   decoder   Dense(d->D) + pos -> L latent blocks (self-attention), keeping every
             block's output; N mask tokens (one learned token + a position
             embedding per patch) self-attend (PEG first) and, in layer i,
@@ -27,7 +29,7 @@ Top-level submodules are the parameter groups used by the optimizer:
 """
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,8 @@ from flax import linen as nn
 from sweet_jax.models.layers import (Block, GaussianAttentionPrior, LayerNorm, grid_points,
                                      grid_shape, learned_embedding, param_init,
                                      patch_position_embedding, patchify, unpatchify)
-from sweet_jax.quantizers import VectorQuantizer
+from sweet_jax.codebook.artifact import WordGroup
+from sweet_jax.quantizers import LanguageQuantizer, VectorQuantizer
 
 
 def _dense(features: int, names: tuple[str, str], name: str) -> nn.Dense:
@@ -180,7 +183,7 @@ class PixelSmoothing(nn.Module):
 
 
 class ImageCQAE(nn.Module):
-  """SweetTokenizer's image CQAE with an L2-normalised VQ bottleneck.
+  """SweetTokenizer's image CQAE with a VQ or a language-codebook (MLC) bottleneck.
 
   Method surface shared by every tokenizer in sweet_jax:
   `encode`, `quantize`, `decode`, `encode_to_indices`, `decode_from_indices`,
@@ -199,6 +202,28 @@ class ImageCQAE(nn.Module):
   code_dim: int = 16
   attention_prior: bool = True
   position_conv: bool = True
+  quantizer_type: Literal["vq", "mlc"] = "vq"
+  # MLC only: the spatial word group (adjectives, nouns), the codebook's origin
+  # ("language": GCN over word vectors; "learned": a free table of the same shape),
+  # the GCN's hidden width and dropout, and whether code rows are L2-normalised.
+  word_group: WordGroup | None = None
+  mlc_codebook: Literal["language", "learned"] = "language"
+  gcn_hidden: int = 256
+  gcn_dropout: float = 0.5
+  normalize_word_codes: bool = False
+
+  def make_quantizer(self, **module_kwargs) -> nn.Module:
+    """The configured quantizer (`parent=None` gives a detached one for its metadata)."""
+    if self.quantizer_type == "vq":
+      return VectorQuantizer(self.codebook_size, self.code_dim, **module_kwargs)
+    if self.quantizer_type == "mlc":
+      if self.word_group is None:
+        raise ValueError("quantizer_type='mlc' needs a word group from the language codebook "
+                         "(config.codebook; the trainer builds or loads it)")
+      return LanguageQuantizer(self.word_group, self.code_dim, hidden=self.gcn_hidden,
+                               dropout=self.gcn_dropout, codebook=self.mlc_codebook,
+                               normalize_codes=self.normalize_word_codes, **module_kwargs)
+    raise ValueError(f"unknown quantizer_type {self.quantizer_type!r}; use 'vq' or 'mlc'")
 
   def setup(self):
     if self.image_size % self.patch_size:
@@ -208,7 +233,7 @@ class ImageCQAE(nn.Module):
                                 self.num_heads, self.mlp_ratio, self.position_conv)
     self.queries = QueryEncoder(self.num_queries, self.width, self.num_heads,
                                 self.mlp_ratio, self.code_dim, self.attention_prior)
-    self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim)
+    self.quantizer = self.make_quantizer()
     self.decoder = QueryDecoder(self.image_size, self.patch_size, self.width, self.decoder_depth,
                                 self.num_heads, self.mlp_ratio, self.num_queries,
                                 self.attention_prior, self.position_conv)
@@ -224,9 +249,12 @@ class ImageCQAE(nn.Module):
     self._check_images(images)
     return self.queries(self.encoder(images))
 
-  def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0
+  def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False
                ) -> tuple[jax.Array, dict[str, Any]]:
-    """Latents -> (codes, aux); `mix` < 1 only during a quantizer warm-up (see vq.py)."""
+    """Latents -> (codes, aux); `mix` < 1 only during a quantizer warm-up (see vq.py);
+    `train` enables the MLC projection's dropout (needs a "dropout" rng)."""
+    if self.quantizer_type == "mlc":
+      return self.quantizer(latents, mix, train)
     return self.quantizer(latents, mix)
 
   def decode(self, codes: jax.Array) -> jax.Array:
@@ -234,19 +262,23 @@ class ImageCQAE(nn.Module):
     return self.decoder(codes)
 
   def encode_to_indices(self, images: jax.Array) -> jax.Array:
-    """Images -> token indices [B,Q] (int32)."""
+    """Images -> token indices: [B,Q] for VQ, [B,Q,3] for MLC (int32)."""
     _, aux = self.quantize(self.encode(images))
     return aux["indices"].astype(jnp.int32)
 
   def decode_from_indices(self, indices: jax.Array) -> jax.Array:
     return self.decode(self.quantizer.lookup(indices))
 
-  def __call__(self, images: jax.Array, quantizer_mix: float | jax.Array = 1.0
-               ) -> tuple[jax.Array, dict[str, Any]]:
-    codes, aux = self.quantize(self.encode(images), quantizer_mix)
+  def __call__(self, images: jax.Array, quantizer_mix: float | jax.Array = 1.0,
+               train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    codes, aux = self.quantize(self.encode(images), quantizer_mix, train)
     return self.decode(codes), aux
 
   @property
   def bits_per_image(self) -> float:
-    """Tokens x log2(codebook size): the information budget of one image."""
-    return self.num_queries * math.log2(self.codebook_size)
+    """Tokens x log2(distinct codes per token): the information budget of one image."""
+    return self.num_queries * self.make_quantizer(parent=None).bits_per_token()
+
+  def index_groups(self) -> dict[str, tuple[tuple[int, ...] | None, int]]:
+    """Codebook name -> (index columns or None for [B,Q] indices, size): usage statistics."""
+    return self.make_quantizer(parent=None).index_groups()

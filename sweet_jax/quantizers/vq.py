@@ -11,6 +11,8 @@ commitment term, 0.25 on the codebook term); our defaults are the VQ-VAE
 convention (commitment 0.25, codebook 1.0), set in the config.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -70,6 +72,13 @@ class VectorQuantizer(nn.Module):
         "codebook_loss": codebook_loss,
         "entropy_loss": entropy_penalty(similarity, self.entropy_temperature),
     }
+
+  def bits_per_token(self) -> float:
+    return math.log2(self.codebook_size)
+
+  def index_groups(self) -> dict[str, tuple[None, int]]:
+    """One codebook, indices [..., ] without a trailing column axis."""
+    return {"code": (None, self.codebook_size)}
 
   def lookup(self, indices: jax.Array) -> jax.Array:
     """Indices [...] -> codes [..., code_dim] (what `__call__` emits in the forward pass)."""
