@@ -78,8 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
       vocab=config_dict.placeholder(str),  # safetensors: tokenizer.json or one token per line
       pos_dir=config_dict.placeholder(str),  # None: the spacy-lookups-data package
       cooccurrence=config_dict.placeholder(str),  # word-pair list; None: kNN graph
+      exclude=config_dict.placeholder(str),  # words to leave out; None: our default list
       knn=10,
       min_log_prob=-16.0,  # unigram log-prob floor (spaCy lexeme table)
+      min_length=3,  # letters
       sizes=ml_collections.ConfigDict(dict(adj=5078, noun=5403, adv=1872, verb=9267)),
       cache_dir=config_dict.placeholder(str),
   ))
@@ -98,4 +100,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_batch_size = 32
   c.num_summary_images = 8
+  c.num_word_images = 2  # language codebook: words of this many images per text summary
   return c

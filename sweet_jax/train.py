@@ -41,6 +41,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.model.width % config.model.num_heads:
     raise ValueError(f"config.model.width={config.model.width} is not divisible by "
                      f"config.model.num_heads={config.model.num_heads}")
+  if config.model.get("quantizer_type") == "mlc" and config.model.code_dim % 2:
+    raise ValueError(f"config.model.code_dim={config.model.code_dim} must be even: the MLC "
+                     "quantizer splits each token into an adjective half and a noun half")
   parallel.mesh_shape(config.mesh, num_devices)  # raises on a mismatch
   for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps",
                "checkpoint_every_steps", "summary_every_steps"):
@@ -54,21 +57,24 @@ def load_word_group(config: ml_collections.ConfigDict, workdir: str | None = Non
 
   A run keeps its own copy of the codebook in `workdir/codebook`: the first start
   copies it there from the build cache, later starts (resumes, the words readout)
-  read that copy, so a checkpoint always meets the codebook it was trained with.
+  read that copy, so a checkpoint always meets the codebook it was trained with (later
+  edits of `config.codebook` do not apply to an existing run). Remote workdirs
+  (gs://...) keep no copy: every start uses the deterministic build cache.
   """
   if config.model.get("quantizer_type", "vq") != "mlc":
     return {}
   from sweet_jax.codebook import artifact  # pylint: disable=g-import-not-at-top
-  run_copy = os.path.join(workdir, "codebook") if workdir else None
+  run_copy = os.path.join(workdir, "codebook") if workdir and "://" not in workdir else None
   if run_copy and os.path.exists(os.path.join(run_copy, "manifest.json")):
     codebook = artifact.load(run_copy)
   else:
-    from sweet_jax.codebook import build  # pylint: disable=g-import-not-at-top
+    from sweet_jax.codebook import build, pos  # pylint: disable=g-import-not-at-top
     cb = config.codebook
     codebook = build.cached_codebook(
         cb.cache_dir or build.default_cache_dir(), source=cb.source, embeddings=cb.embeddings,
         tensor=cb.tensor, vocab=cb.vocab, pos_dir=cb.pos_dir, cooccurrence=cb.cooccurrence,
-        knn=cb.knn, min_log_prob=cb.min_log_prob, sizes=dict(cb.sizes))
+        knn=cb.knn, min_log_prob=cb.min_log_prob, min_length=cb.min_length,
+        exclude=cb.exclude or pos.EXCLUDED_WORDS_FILE, sizes=dict(cb.sizes))
     if run_copy and jax.process_index() == 0:
       artifact.save(run_copy, codebook.spatial, codebook.temporal, codebook.manifest)
   logging.info("Language codebook %s: %s", codebook.manifest["hash"][:12],
@@ -206,7 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                   if isinstance(v, (int, float))})
       writer.write_images(step, {f"{prefix}/originals_recons_thumbnails": result.grid[None]})
       if has_words(c.model):
-        writer.write_texts(step, {f"{prefix}/words": words_markdown(c.model, result.grid_indices)})
+        indices = result.grid_indices[:config.num_word_images]
+        writer.write_texts(step, {f"{prefix}/words": words_markdown(c.model, indices)})
       return result
 
     step = int(state.step)

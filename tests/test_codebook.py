@@ -93,6 +93,15 @@ def test_select_words_filters_and_pos_rules(lexicon):
   assert report["verb"]["not_inflected"] == report["verb"]["in_vocabulary"] - 1  # "said"
 
 
+def test_excluded_words(lexicon, tmp_path):
+  selected, report = pos.select_words(VOCAB_WORDS, lexicon, sizes=dict.fromkeys(pos.POS_KEYS, 9),
+                                      min_log_prob=-15.0, excluded={"tiny", "dog"})
+  assert "tiny" not in selected["adj"] and "dog" not in selected["noun"]
+  assert report["adj"]["not_excluded"] == report["adj"]["not_stop_word"] - 1
+  default = pos.load_stop_words(pos.EXCLUDED_WORDS_FILE)
+  assert {"fuck", "porn"} <= default and not default & {"red", "dog", "gay", "naked"}
+
+
 def test_word_in_both_groups_once_per_group(lexicon):
   selected, _ = select(lexicon)
   spatial = selected["adj"] + selected["noun"]

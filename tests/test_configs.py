@@ -37,6 +37,21 @@ def test_production_sizes():
 def test_unknown_variant():
   with pytest.raises(ValueError, match="unknown variant 'XL'"):
     sweet_image.get_config("XL")
+  with pytest.raises(ValueError, match="unknown codebook 'words'"):
+    sweet_image.get_config("cpu,words")
+
+
+def test_codebook_choices():
+  """Language codebook by default; the plain ablation has the same sizes and code width."""
+  language, plain, vq = (sweet_image.get_config(f"cpu,{cb}") for cb in ("language", "plain", "vq"))
+  assert sweet_image.get_config("cpu").model == language.model
+  assert (language.model.quantizer_type, language.model.mlc_codebook) == ("mlc", "language")
+  assert (plain.model.quantizer_type, plain.model.mlc_codebook) == ("mlc", "learned")
+  assert plain.codebook == language.codebook and plain.model.code_dim == language.model.code_dim
+  assert vq.model.quantizer_type == "vq"
+  config = parse("--config.codebook.sizes.adj=300", "--config.codebook.source=minilm",
+                 variant="cpu,plain")
+  assert config.codebook.sizes.adj == 300 and config.codebook.source == "minilm"
 
 
 def test_overrides():

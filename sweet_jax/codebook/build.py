@@ -3,7 +3,7 @@ r"""Builds the language codebook: word groups, their vectors and GCN-normalised 
     python -m sweet_jax.codebook.build --out=DIR [--source=glove|minilm|safetensors|npz]
         [--embeddings=PATH] [--tensor=NAME] [--vocab=PATH] [--pos_dir=DIR]
         [--sizes=adj=5078,noun=5403,adv=1872,verb=9267] [--min_log_prob=-16]
-        [--knn=10] [--cooccurrence=PATH]
+        [--knn=10] [--cooccurrence=PATH] [--exclude=PATH]
 
 spatial = [adjectives..., nouns...], temporal = [adverbs..., verbs...] (see pos.py for the
 word filters); each group's graph is the kNN graph of its vectors (or the user's word
@@ -37,7 +37,7 @@ DEFAULT_MIN_LOG_PROB = -16.0
 DEFAULT_MIN_LENGTH = 3
 DEFAULT_KNN = 10
 # Bump when the builder's output for the same options changes (invalidates caches).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: excluded words
 
 
 def resolve_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
@@ -57,18 +57,24 @@ def build_codebook(out_dir: str, *, source: str = "glove", embeddings: str | Non
                    pos_dir: str | None = None, sizes: Mapping[str, int] | None = None,
                    min_log_prob: float = DEFAULT_MIN_LOG_PROB,
                    min_length: int = DEFAULT_MIN_LENGTH, knn: int = DEFAULT_KNN,
-                   cooccurrence: str | None = None) -> LanguageCodebook:
-  """Builds and saves (`artifact.save`) a codebook; same inputs give the same hash."""
+                   cooccurrence: str | None = None,
+                   exclude: str | None = pos.EXCLUDED_WORDS_FILE) -> LanguageCodebook:
+  """Builds and saves (`artifact.save`) a codebook; same inputs give the same hash.
+
+  `exclude` names a word list to leave out (default: our profanity/slur/sexual-term list;
+  None or an empty file: none)."""
   sizes = resolve_sizes(sizes)
   sources.check_source_args(source, embeddings=embeddings, vocab=vocab)
   lexicon = pos.load_pos_lexicon(pos_dir)
   stop_words = pos.load_stop_words()
+  excluded = pos.load_stop_words(exclude) if exclude else frozenset()
   # Only words some part-of-speech list knows can be selected: read only their vectors.
   known = frozenset().union(*lexicon.pos_lists.values())
   words, vectors = sources.load_embeddings(source, embeddings=embeddings, tensor=tensor,
                                            vocab=vocab, keep=known)
   selected, report = pos.select_words(words, lexicon, sizes=sizes, min_log_prob=min_log_prob,
-                                      min_length=min_length, stop_words=stop_words)
+                                      min_length=min_length, stop_words=stop_words,
+                                      excluded=excluded)
   for key in pos.POS_KEYS:
     if not selected[key]:
       raise ValueError(f"no {key} words survived the filters ({report[key]}); lower "
@@ -87,6 +93,8 @@ def build_codebook(out_dir: str, *, source: str = "glove", embeddings: str | Non
                   "alphabetic": "lowercase ASCII letters only",
                   "stop_words": {"source": "scikit-learn ENGLISH_STOP_WORDS",
                                  "count": len(stop_words)},
+                  "excluded_words": {"path": exclude, "count": len(excluded),
+                                     "sha256": sources.file_sha256(exclude) if exclude else None},
                   "inflection_rule": pos.INFLECTION_RULE,
                   "one_pos_per_group": "adjective over noun, adverb over verb",
                   "order": list(pos.FILTERS)},
@@ -157,7 +165,7 @@ def resolve_options(**options) -> dict:
   resolved = {name: options.get(name, default) for name, default in _OPTION_DEFAULTS.items()}
   resolved["sizes"] = resolve_sizes(resolved["sizes"])
   resolved["min_log_prob"] = float(resolved["min_log_prob"])
-  for name in ("embeddings", "vocab", "pos_dir", "cooccurrence"):
+  for name in ("embeddings", "vocab", "pos_dir", "cooccurrence", "exclude"):
     if resolved[name]:
       resolved[name] = os.path.abspath(resolved[name])
   return resolved
@@ -253,6 +261,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--min_length", type=int, default=DEFAULT_MIN_LENGTH)
   parser.add_argument("--knn", type=int, default=DEFAULT_KNN)
   parser.add_argument("--cooccurrence", help="Word-pair file (replaces the kNN graph).")
+  parser.add_argument("--exclude", default=pos.EXCLUDED_WORDS_FILE,
+                      help="Words to leave out, one a line (default: profanity, slurs and "
+                           "sexual terms; an empty file keeps every word).")
   return parser
 
 
@@ -281,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out, source=args.source, embeddings=args.embeddings, tensor=args.tensor,
         vocab=args.vocab, pos_dir=args.pos_dir, sizes=parse_sizes(args.sizes),
         min_log_prob=args.min_log_prob, min_length=args.min_length, knn=args.knn,
-        cooccurrence=args.cooccurrence)
+        cooccurrence=args.cooccurrence, exclude=args.exclude)
   except (ValueError, OSError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1

@@ -23,8 +23,11 @@ LEXICON_FILES = {"pos_lists": "en_lemma_index.json.gz", "lemma_of": "en_lemma_lo
                  "log_prob": "en_lexeme_prob.json.gz"}
 LEXICON_PACKAGE = "spacy_lookups_data"
 STOP_WORDS_FILE = os.path.join(os.path.dirname(__file__), "stop_words.txt")
+# Profanity, slurs and sexual terms left out by default (frequent in web-crawled text).
+EXCLUDED_WORDS_FILE = os.path.join(os.path.dirname(__file__), "excluded_words.txt")
 # The filters of `select_words`, in the order they run (the report counts survivors).
-FILTERS = ("wordnet", "alphabetic", "min_length", "not_stop_word", "in_vocabulary",
+FILTERS = ("wordnet", "alphabetic", "min_length", "not_stop_word", "not_excluded",
+           "in_vocabulary",
            "not_inflected", "frequent", "one_pos_per_group", "selected")
 INFLECTION_RULE = "drop a word whose lemma_of[word] exists and differs from it"
 
@@ -87,11 +90,12 @@ def _read_json_gz(path: str):
     raise ValueError(f"{path} is not gzip-compressed JSON: {e}") from e
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=4)
 def load_stop_words(path: str = STOP_WORDS_FILE) -> frozenset[str]:
-  """scikit-learn's English stop words (one a line, `#` comments)."""
+  """A word list, one a line, `#` comments: scikit-learn's English stop words by
+  default; also reads the excluded-words list."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"stop-word list {path} is missing (package data not installed?)")
+    raise FileNotFoundError(f"word list {path} is missing")
   with open(path, encoding="utf-8") as f:
     words = (line.strip() for line in f)
     return frozenset(w for w in words if w and not w.startswith("#"))
@@ -99,13 +103,14 @@ def load_stop_words(path: str = STOP_WORDS_FILE) -> frozenset[str]:
 
 def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapping[str, int],
                  min_log_prob: float, min_length: int = 3,
-                 stop_words: Collection[str] | None = None
+                 stop_words: Collection[str] | None = None, excluded: Collection[str] = ()
                  ) -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
   """(words per part of speech, most frequent first; survivors per filter and POS).
 
   Filters, in order: lowercase ASCII letters only (no names, numbers, hyphens);
   at least `min_length` letters (drops "ox"-like fragments and abbreviations); not a
-  stop word; in the embedding vocabulary; not an inflected form (codebook rows are
+  stop word; not in `excluded` (by default profanity, slurs and sexual terms, see
+  excluded_words.txt); in the embedding vocabulary; not an inflected form (codebook rows are
   lemmas: "years" and "said" would duplicate "year" and "say"); log-probability at least
   `min_log_prob` (rare and junk words have poor vectors; words without a frequency are
   dropped). Then one part of speech per word within a group (an adjective is not also a
@@ -125,6 +130,7 @@ def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapp
       ("alphabetic", sources.is_plain_word),
       ("min_length", lambda w: len(w) >= min_length),
       ("not_stop_word", lambda w: w not in stop_words),
+      ("not_excluded", lambda w: w not in excluded),
       ("in_vocabulary", lambda w: w in vocab),
       ("not_inflected", lambda w: lexicon.lemma_of.get(w, w) == w),
       ("frequent", lambda w: log_prob.get(w, -float("inf")) >= min_log_prob),
