@@ -16,6 +16,9 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 from flax import linen as nn
+from PIL import Image, UnidentifiedImageError
+
+from sweet_jax.data.preprocess import resize_shorter_center_crop
 
 FLAGS = flags.FLAGS
 
@@ -54,8 +57,6 @@ def words_markdown(model: nn.Module, indices: np.ndarray,
 
 def load_image(path: str, size: int) -> np.ndarray:
   """An image file -> uint8 [size, size, 3] (shorter side resized, centre crop)."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  from sweet_jax.data.preprocess import resize_shorter_center_crop  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise FileNotFoundError(f"--image {path} does not exist")
   try:

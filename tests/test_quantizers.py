@@ -70,7 +70,7 @@ def test_linear_ramp():
 # --- The MLC (language codebook) quantizer -------------------------------------------
 
 from conftest import ring_word_group  # noqa: E402
-from sweet_jax.quantizers.mlc import GraphConv, LanguageQuantizer  # noqa: E402
+from sweet_jax.quantizers.mlc import GraphConv, LanguageQuantizer, propagated_vectors  # noqa: E402
 
 
 def _mlc(**kwargs):
@@ -93,6 +93,11 @@ def test_graph_conv_equals_dense_normalised_adjacency():
   params["params"]["bias"] = bias
   expected = dense @ (group.vectors @ np.asarray(kernel)) + np.asarray(bias)
   np.testing.assert_allclose(conv.apply(params, group.vectors, *args), expected, atol=1e-5)
+  # The precomputed first-layer path: (Â X) W + b equals Â (X W) + b.
+  propagated = propagated_vectors(group)
+  np.testing.assert_allclose(propagated, dense @ group.vectors, atol=1e-5)
+  np.testing.assert_allclose(conv.apply(params, propagated, method=conv.transform), expected,
+                             atol=1e-5)
 
 
 def test_top2_mean_and_nearest_by_squared_distance():

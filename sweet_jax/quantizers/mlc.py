@@ -10,8 +10,9 @@ through a trainable 2-layer graph convolution over the word graph, as the offici
 with message passing over the edge list (never a dense V x V matrix). Because the
 word vectors X are frozen, the first layer's Â X W is computed as (Â X) W with Â X
 propagated once, outside the step (Â(XW) = (ÂX)W); the second layer propagates by
-segment sums at the narrow code width. Same function as the official order, about
-5x fewer step FLOPs in gathers and scatters on CPU.
+segment sums at the narrow code width. Same function as the official order, without
+the widest gather/scatter (at the hidden width) in every step.
+
 Each latent is L2-normalised over its full width and split in two halves: the first
 half becomes the mean of its 2 nearest first-POS codes (adjectives / adverbs), the
 second its nearest second-POS code (nouns / verbs), by squared L2 distance as the
