@@ -97,6 +97,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
   from sweet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sweet_jax.step import images_to_model  # pylint: disable=g-import-not-at-top
   config, c, params, step = read_run(FLAGS.workdir, FLAGS.step)
   if not has_words(c.model):
     raise app.UsageError(f"the model in {FLAGS.workdir} does not quantize with the language "
@@ -117,7 +118,7 @@ def main(argv):
   dp = parallel.data_parallel_size(c.mesh, c.rules)
   padded = np.concatenate([images, np.zeros((-len(images) % dp,) + images.shape[1:], np.uint8)])
   encode = jax.jit(lambda p, x: c.model.apply(
-      {"params": p}, x.astype(np.float32) / 127.5 - 1.0, method=c.model.encode_to_indices))
+      {"params": p}, images_to_model(x), method=c.model.encode_to_indices))
   with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
     indices = np.asarray(encode(params, jax.device_put(padded, c.batch_sharding)))[:len(images)]
   print(f"Words of {len(images)} image(s), checkpoint step {step} of {FLAGS.workdir}:\n")

@@ -86,8 +86,10 @@ def test_parameters_are_sharded_as_the_rules_say(sharded_and_single):
   q = block["self_attn"]["query_kernel"]
   assert q.sharding.spec == P("fsdp", "model", None)
   assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 2
-  # Replicated where the rules say None.
-  assert state.params["quantizer"]["codebook"].sharding.spec == P(None, None)
+  # Replicated where the rules say None: the language codebook's GCN ("code" -> None).
+  gcn = state.params["quantizer"]["projection"]["gcn_0"]
+  assert gcn["Dense_0"]["kernel"].sharding.spec == P(None, None)
+  assert gcn["bias"].sharding.spec == P(None)
   # Adam moments follow their parameters.
   moments = {jax.tree_util.keystr(path): leaf for path, leaf
              in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]}
