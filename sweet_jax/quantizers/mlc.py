@@ -108,8 +108,9 @@ def top2_mean_and_nearest(z_first: jax.Array, z_second: jax.Array, first: jax.Ar
   """(q_first, q_second, indices [..., 3], (distances_first, distances_second))."""
   d_first = squared_distances(z_first, first)
   d_second = squared_distances(z_second, second)
-  # top_k on 2-D inputs without gradient: XLA:CPU then uses its TopK kernel (a 3-D
-  # top_k compiled to a full sort, 40x slower; argmin, a variadic reduce, was 3x slower).
+  # top_k on 2-D inputs without gradient: XLA:CPU then uses its TopK kernel. At ~10k words
+  # the quantizer's forward+backward took 0.2 s this way, 1.0 s with a 3-D top_k (compiled
+  # to a full sort) and 0.28 s with argmin (a variadic reduce).
   def nearest(distances: jax.Array, k: int) -> jax.Array:
     flat = jax.lax.stop_gradient(distances).reshape(-1, distances.shape[-1])
     return jax.lax.top_k(-flat, k)[1].reshape(distances.shape[:-1] + (k,))
