@@ -19,10 +19,14 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sweet_jax.data import preprocess
-from sweet_jax.data.builders import embedded_photos  # Registers the builder with TFDS.
+from sweet_jax.data import preprocess, video
+# Importing a builder registers it with TFDS.
+from sweet_jax.data.builders import embedded_clips, embedded_photos
 
 EMBEDDED_PHOTOS = embedded_photos.EmbeddedPhotos.name
+EMBEDDED_CLIPS = embedded_clips.EmbeddedClips.name
+# Built into data_dir on first use, from data that ships with our dependencies.
+_EMBEDDED = (EMBEDDED_PHOTOS, EMBEDDED_CLIPS)
 DATA_DIR_ENV = "SWEET_JAX_DATA_DIR"
 EvalPreprocess = Literal["resize", "resize_shorter_center_crop"]
 _EVAL_PREPROCESS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
@@ -39,10 +43,10 @@ def default_data_dir() -> str:
 def get_data_source(name: str, split: str, data_dir: str | None = None) -> Any:
   """Random-access source of one TFDS split (decoded numpy examples).
 
-  `sweet_embedded_photos` is built into `data_dir` on first use (about 2 s,
-  offline) and reused afterwards; any other dataset must already be prepared
-  there as ArrayRecord (e.g. `tfds build imagenet2012 --file_format=array_record`),
-  or be mocked with `tfds.testing.mock_data`.
+  `sweet_embedded_photos` and `sweet_embedded_clips` are built into `data_dir`
+  on first use (a few seconds each, offline) and reused afterwards; any other
+  dataset must already be prepared there as ArrayRecord (e.g. `tfds build
+  imagenet2012 --file_format=array_record`), or be mocked with `tfds.testing.mock_data`.
   """
   data_dir = data_dir or default_data_dir()
   try:
@@ -50,7 +54,7 @@ def get_data_source(name: str, split: str, data_dir: str | None = None) -> Any:
         name,
         split=split,
         data_dir=data_dir,
-        download=name == EMBEDDED_PHOTOS,
+        download=name in _EMBEDDED,
         # Needed: with an explicit data_dir tfds would otherwise build TFRecord.
         builder_kwargs={"file_format": "array_record"},
     )
@@ -109,21 +113,30 @@ def make_train_iterator(
   `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume on exactly
   the next batch. `prefetch_buffer_size` counts batches.
   """
+  return _endless_batches(
+      source, _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
+      global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+      process_count=process_count, num_threads=num_threads,
+      prefetch_buffer_size=prefetch_buffer_size)
+
+
+def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
+                     global_batch_size: int, seed: int, process_index: int, process_count: int,
+                     num_threads: int, prefetch_buffer_size: int,
+                     then: Callable[[Any], Any] | None = None) -> grain.DatasetIterator:
+  """This host's slice, reshuffled every epoch, `random_view` of every element (then
+  `then`), batched; seeds derived from `(seed, process_index)`; resumable state."""
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   ds = _host_slice(source, process_index, process_count)
   if len(ds) == 0:
     raise ValueError(
         f"Host {process_index} of {process_count} gets none of the {len(source)} examples."
     )
-  shuffle_seed, crop_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
-  ds = (
-      ds.shuffle(seed=int(shuffle_seed))
-      .repeat()
-      .random_map(_RandomCrop(image_size, tuple(crop_scale), flip, color_jitter),
-                  seed=int(crop_seed))
-      .map(_image_only)
-      .batch(local_batch_size, drop_remainder=True)
-  )
+  shuffle_seed, view_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
+  ds = ds.shuffle(seed=int(shuffle_seed)).repeat().random_map(random_view, seed=int(view_seed))
+  if then is not None:
+    ds = ds.map(then)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
   return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size)))
 
 
@@ -171,16 +184,115 @@ def make_eval_batches(
   """
   if preprocess not in _EVAL_PREPROCESS:
     raise ValueError(f"preprocess must be one of {sorted(_EVAL_PREPROCESS)}, got {preprocess!r}.")
+  return _padded_batches(
+      source, _EvalView(image_size, preprocess), _Padding(image_size),
+      global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, num_threads=num_threads,
+      prefetch_buffer_size=prefetch_buffer_size)
+
+
+def _padded_batches(source: Any, view: grain.transforms.Map, padding: grain.transforms.Map, *,
+                    global_batch_size: int, process_index: int, process_count: int,
+                    num_threads: int, prefetch_buffer_size: int) -> grain.IterDataset:
+  """This host's slice as `view`s, then `padding` examples up to the batch count of the
+  host with the most examples (ceil(len / process_count)): equal steps on every host."""
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  ds = _host_slice(source, process_index, process_count).map(_EvalView(image_size, preprocess))
-  # The first host holds the most examples: ceil(len / process_count).
+  ds = _host_slice(source, process_index, process_count).map(view)
   num_batches = math.ceil(math.ceil(len(source) / process_count) / local_batch_size)
   num_padding = num_batches * local_batch_size - len(ds)
   if num_padding:
-    padding = grain.MapDataset.range(num_padding).map(_Padding(image_size))
-    ds = grain.MapDataset.concatenate([ds, padding])
+    ds = grain.MapDataset.concatenate([ds, grain.MapDataset.range(num_padding).map(padding)])
   read_options = _read_options(num_threads, prefetch_buffer_size)
   return ds.batch(local_batch_size).to_iter_dataset(read_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RandomClip(grain.transforms.RandomMap):
+  """Random clip of `video` (one crop box for all frames); picklable for grain workers."""
+
+  num_frames: int
+  size: int
+  scale: tuple[float, float]
+
+  def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    return {"video": video.random_clip(element["video"], rng, self.num_frames, self.size,
+                                       self.scale)}
+
+
+def make_clip_train_iterator(
+    source: Any,
+    *,
+    global_batch_size: int,
+    num_frames: int,
+    image_size: int,
+    seed: int,
+    crop_scale: tuple[float, float],
+    process_index: int,
+    process_count: int,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+) -> grain.DatasetIterator:
+  """Endless iterator of `{"video": uint8 [global_batch_size // process_count, T, S, S, 3]}`.
+
+  The video counterpart of `make_train_iterator`: the same per-host slicing,
+  per-epoch shuffle, seeding and resumable state, with a random clip (random
+  start, one random square box) of every element instead of a random crop.
+  """
+  return _endless_batches(
+      source, _RandomClip(num_frames, image_size, tuple(crop_scale)),
+      global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+      process_count=process_count, num_threads=num_threads,
+      prefetch_buffer_size=prefetch_buffer_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClipEvalView(grain.transforms.Map):
+  """Deterministic eval clip of a real example, marked valid (stored clips pass unchanged)."""
+
+  num_frames: int
+  size: int
+
+  def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    frames = np.asarray(element["video"])
+    if frames.shape[:3] != (self.num_frames, self.size, self.size):
+      frames = video.center_clip(frames, self.num_frames, self.size)
+    return {"video": frames, "mask": np.True_}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClipPadding(grain.transforms.Map):
+  """A black, masked-out clip that evens out the hosts' batch counts."""
+
+  num_frames: int
+  size: int
+
+  def map(self, element: int) -> dict[str, np.ndarray]:
+    del element
+    shape = (self.num_frames, self.size, self.size, 3)
+    return {"video": np.zeros(shape, np.uint8), "mask": np.False_}
+
+
+def make_clip_eval_batches(
+    source: Any,
+    *,
+    global_batch_size: int,
+    num_frames: int,
+    image_size: int,
+    process_index: int,
+    process_count: int,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+) -> grain.IterDataset:
+  """One pass over `source` as `{"video": uint8 [b, T, S, S, 3], "mask": bool [b]}` batches.
+
+  The video counterpart of `make_eval_batches` (same equal-step padding and
+  order); each example becomes its centre clip unless it is already `T x S x S`.
+  """
+  return _padded_batches(
+      source, _ClipEvalView(num_frames, image_size), _ClipPadding(num_frames, image_size),
+      global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, num_threads=num_threads,
+      prefetch_buffer_size=prefetch_buffer_size)
 
 
 def _read_options(num_threads: int, prefetch_buffer_size: int) -> grain.ReadOptions:
