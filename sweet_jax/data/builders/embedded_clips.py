@@ -118,6 +118,7 @@ class EmbeddedClips(tfds.core.GeneratorBasedBuilder):
       return train_examples(train_specs(data_dir), skipped)
     return eval_examples(eval_specs(data_dir), skipped)
 
+
 def train_examples(
     specs: Sequence[VideoSpec], skipped: list[str] | None = None
 ) -> Iterator[tuple[int, dict]]:
