@@ -76,3 +76,14 @@ def test_badly_typed_override_is_rejected():
 def test_locked_config_rejects_new_fields():
   with pytest.raises(AttributeError):
     parse("--config.not_a_field=1")
+
+
+def test_production_config_builds_with_the_paper_sized_codebook():
+  """B on 8 CPU devices, abstractly: the language codebook at the paper's sizes feeds the
+  model (GloVe gives all 5078 adjectives and 5403 nouns), no parameter is materialised."""
+  from sweet_jax.train import build_components  # pylint: disable=g-import-not-at-top
+  c = build_components(sweet_image.get_config("B"))
+  assert c.model.index_groups() == {"adj": ((0, 1), 5078), "noun": ((2,), 5403)}
+  gcn = c.abstract_state.params["quantizer"]["projection"]
+  assert gcn["gcn_0"]["Dense_0"]["kernel"].value.shape == (50, 256)
+  assert gcn["gcn_1"]["Dense_0"]["kernel"].value.shape == (256, 8)  # code_dim 16 = 2 x 8
