@@ -253,9 +253,7 @@ class ImageCQAE(nn.Module):
                ) -> tuple[jax.Array, dict[str, Any]]:
     """Latents -> (codes, aux); `mix` < 1 only during a quantizer warm-up (see vq.py);
     `train` enables the MLC projection's dropout (needs a "dropout" rng)."""
-    if self.quantizer_type == "mlc":
-      return self.quantizer(latents, mix, train)
-    return self.quantizer(latents, mix)
+    return self.quantizer(latents, mix, train)
 
   def decode(self, codes: jax.Array) -> jax.Array:
     """Codes [B,Q,d] -> images [B,S,S,3] (unclipped)."""

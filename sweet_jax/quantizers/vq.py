@@ -50,12 +50,14 @@ class VectorQuantizer(nn.Module):
   def normalized_codebook(self) -> jax.Array:
     return l2_normalize(self.codebook)
 
-  def __call__(self, latents: jax.Array, mix: float | jax.Array = 1.0
+  def __call__(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes `latents`; `mix` < 1 passes `(1 - mix)` of the continuous latent
     through (a quantizer warm-up, `config.quantizer_warmup_steps`; off by default:
     on our CPU runs it did not shorten the early "mean image" plateau). `mix=1` is
-    exact VQ with a straight-through gradient; indices and losses never depend on it."""
+    exact VQ with a straight-through gradient; indices and losses never depend on it.
+    `train` is accepted for the shared quantizer interface; this quantizer has no dropout."""
+    del train
     if latents.shape[-1] != self.code_dim:
       raise ValueError(f"latents have width {latents.shape[-1]}, the codebook {self.code_dim}")
     z = l2_normalize(latents.astype(jnp.float32))
