@@ -98,7 +98,7 @@ def test_excluded_words(lexicon, tmp_path):
                                       min_log_prob=-15.0, excluded={"tiny", "dog"})
   assert "tiny" not in selected["adj"] and "dog" not in selected["noun"]
   assert report["adj"]["not_excluded"] == report["adj"]["not_stop_word"] - 1
-  default = pos.load_stop_words(pos.EXCLUDED_WORDS_FILE)
+  default = pos.load_word_list(pos.EXCLUDED_WORDS_FILE)
   assert {"fuck", "porn"} <= default and not default & {"red", "dog", "gay", "naked"}
 
 

@@ -67,7 +67,7 @@ def build_codebook(out_dir: str, *, source: str = "glove", embeddings: str | Non
   sources.check_source_args(source, embeddings=embeddings, vocab=vocab)
   lexicon = pos.load_pos_lexicon(pos_dir)
   stop_words = pos.load_stop_words()
-  excluded = pos.load_stop_words(exclude) if exclude else frozenset()
+  excluded = pos.load_word_list(exclude) if exclude else frozenset()
   # Only words some part-of-speech list knows can be selected: read only their vectors.
   known = frozenset().union(*lexicon.pos_lists.values())
   words, vectors = sources.load_embeddings(source, embeddings=embeddings, tensor=tensor,

@@ -90,10 +90,14 @@ def _read_json_gz(path: str):
     raise ValueError(f"{path} is not gzip-compressed JSON: {e}") from e
 
 
+def load_stop_words() -> frozenset[str]:
+  """scikit-learn's English stop words (shipped next to this file)."""
+  return load_word_list(STOP_WORDS_FILE)
+
+
 @functools.lru_cache(maxsize=4)
-def load_stop_words(path: str = STOP_WORDS_FILE) -> frozenset[str]:
-  """A word list, one a line, `#` comments: scikit-learn's English stop words by
-  default; also reads the excluded-words list."""
+def load_word_list(path: str) -> frozenset[str]:
+  """A word list, one a line, `#` comments (stop words, excluded words, a user's list)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"word list {path} is missing")
   with open(path, encoding="utf-8") as f:
