@@ -8,7 +8,10 @@ import importlib
 
 from flax import linen as nn
 
-MODELS: dict[str, str] = {"cqae_image": "sweet_jax.models.cqae:ImageCQAE"}
+MODELS: dict[str, str] = {
+    "cqae_image": "sweet_jax.models.cqae:ImageCQAE",
+    "cqae_video": "sweet_jax.models.video_cqae:VideoCQAE",
+}
 
 
 def model_class(name: str) -> type[nn.Module]:

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import (Block, GaussianAttentionPrior, LayerNorm, grid_points,
-                                     grid_shape, learned_embedding, param_init,
+from sweet_jax.models.layers import (AttentionOptions, Block, GaussianAttentionPrior, LayerNorm,
+                                     grid_points, grid_shape, learned_embedding, param_init,
                                      patch_position_embedding, patchify, unpatchify)
 from sweet_jax.codebook.artifact import WordGroup
 from sweet_jax.quantizers import LanguageQuantizer, VectorQuantizer
@@ -104,6 +104,7 @@ class QueryEncoder(nn.Module):
   mlp_ratio: float
   code_dim: int
   attention_prior: bool
+  attention: AttentionOptions = AttentionOptions()
 
   @nn.compact
   def __call__(self, features: list[jax.Array]) -> jax.Array:
@@ -116,8 +117,8 @@ class QueryEncoder(nn.Module):
                              math.isqrt(num_patches), self.num_heads, len(features),
                              patches_attend=False)
     for i, (feature, bias) in enumerate(zip(features, biases)):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, name=f"block_{i}")(
-          x, feature, bias)
+      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, attention=self.attention,
+                name=f"block_{i}")(x, feature, bias)
     x = LayerNorm(name="ln_post")(x)
     return _dense(self.code_dim, ("embed", "code"), "to_latent")(x)
 
@@ -182,6 +183,22 @@ class PixelSmoothing(nn.Module):
                    bias_init=param_init(nn.initializers.zeros, (None,)))(images)
 
 
+def make_quantizer(quantizer_type: str, *, codebook_size: int, code_dim: int,
+                   word_group: WordGroup | None, mlc_codebook: str, gcn_hidden: int,
+                   gcn_dropout: float, normalize_word_codes: bool, **module_kwargs) -> nn.Module:
+  """A VQ over `codebook_size` codes or an MLC quantizer over one word group."""
+  if quantizer_type == "vq":
+    return VectorQuantizer(codebook_size, code_dim, **module_kwargs)
+  if quantizer_type == "mlc":
+    if word_group is None:
+      raise ValueError("quantizer_type='mlc' needs a word group from the language codebook "
+                       "(config.codebook; the trainer builds or loads it)")
+    return LanguageQuantizer(word_group, code_dim, hidden=gcn_hidden, dropout=gcn_dropout,
+                             codebook=mlc_codebook, normalize_codes=normalize_word_codes,
+                             **module_kwargs)
+  raise ValueError(f"unknown quantizer_type {quantizer_type!r}; use 'vq' or 'mlc'")
+
+
 class ImageCQAE(nn.Module):
   """SweetTokenizer's image CQAE with a VQ or a language-codebook (MLC) bottleneck.
 
@@ -214,16 +231,11 @@ class ImageCQAE(nn.Module):
 
   def make_quantizer(self, **module_kwargs) -> nn.Module:
     """The configured quantizer (`parent=None` gives a detached one for its metadata)."""
-    if self.quantizer_type == "vq":
-      return VectorQuantizer(self.codebook_size, self.code_dim, **module_kwargs)
-    if self.quantizer_type == "mlc":
-      if self.word_group is None:
-        raise ValueError("quantizer_type='mlc' needs a word group from the language codebook "
-                         "(config.codebook; the trainer builds or loads it)")
-      return LanguageQuantizer(self.word_group, self.code_dim, hidden=self.gcn_hidden,
-                               dropout=self.gcn_dropout, codebook=self.mlc_codebook,
-                               normalize_codes=self.normalize_word_codes, **module_kwargs)
-    raise ValueError(f"unknown quantizer_type {self.quantizer_type!r}; use 'vq' or 'mlc'")
+    return make_quantizer(self.quantizer_type, codebook_size=self.codebook_size,
+                          code_dim=self.code_dim, word_group=self.word_group,
+                          mlc_codebook=self.mlc_codebook, gcn_hidden=self.gcn_hidden,
+                          gcn_dropout=self.gcn_dropout,
+                          normalize_word_codes=self.normalize_word_codes, **module_kwargs)
 
   def setup(self):
     if self.image_size % self.patch_size:

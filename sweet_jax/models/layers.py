@@ -9,6 +9,7 @@ the device mesh is decided only by the config's `sharding_rules`. Logical names:
   query   learnable query tokens   codebook / code   codebook rows / width
 """
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -42,6 +43,48 @@ class LayerNorm(nn.Module):
     )(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+  """Switches for the official SweetTok/OmniTokenizer attention (all off: plain softmax
+  attention, what the image CQAE was tuned with).
+
+  cosine       q and k L2-normalised per head, times learned per-dim scales (init 1),
+               softmax scale fixed at 8.
+  rope         2-D rotary position embedding in self-attention over a square token
+               grid (x/y frequencies interleaved, theta 1e4); other sequences are left as
+               they are.
+  cross_null_kv  learned "null" key/value pairs appended to every cross-attention
+               context (the official decoder uses 2), so a token may attend to nothing.
+  """
+
+  cosine: bool = False
+  rope: bool = False
+  cross_null_kv: int = 0
+
+
+def rope_2d_angles(grid: int, head_dim: int, theta: float = 1e4) -> jax.Array:
+  """Rotation angles [grid*grid, head_dim/2] for row-major grid tokens: pair j rotates
+  with the y coordinate when j is even and with x when j is odd."""
+  if head_dim % 4:
+    raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
+  num_freqs = head_dim // 4
+  freqs = theta ** (-jnp.arange(num_freqs, dtype=jnp.float32) / num_freqs)
+  ys, xs = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32),
+                        jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+  angles_y = ys.reshape(-1, 1) * freqs
+  angles_x = xs.reshape(-1, 1) * freqs
+  return jnp.stack([angles_y, angles_x], axis=-1).reshape(grid * grid, head_dim // 2)
+
+
+def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
+  """Rotates consecutive channel pairs of x [B, N, heads, k] by angles [N, k/2]."""
+  pairs = x.reshape(x.shape[:-1] + (-1, 2))
+  cos, sin = jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]
+  first, second = pairs[..., 0], pairs[..., 1]
+  rotated = jnp.stack([first * cos - second * sin, first * sin + second * cos], axis=-1)
+  return rotated.reshape(x.shape).astype(x.dtype)
+
+
 class Attention(nn.Module):
   """Multi-head attention; self-attention when `context` is None.
 
@@ -51,12 +94,15 @@ class Attention(nn.Module):
 
   num_heads: int
   head_dim: int
+  options: AttentionOptions = AttentionOptions()
+  causal: bool = False  # self-attention only: token t sees tokens <= t
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                logit_bias: jax.Array | None = None) -> jax.Array:
     """`logit_bias` [heads, N, S] is added to the attention logits (a position prior)."""
-    context = x if context is None else context
+    is_self = context is None
+    context = x if is_self else context
     width = x.shape[-1]
     kernel_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     heads = (self.num_heads, self.head_dim)
@@ -70,9 +116,29 @@ class Attention(nn.Module):
     q = project("query", x)
     k = project("key", context)
     v = project("value", context)
+    if not is_self and self.options.cross_null_kv:
+      null = self.param("null_kv", param_init(nn.initializers.normal(1.0), (None, None, "heads", "kv")),
+                        (2, self.options.cross_null_kv) + heads)
+      null_k, null_v = (jnp.broadcast_to(n, (x.shape[0],) + n.shape).astype(k.dtype) for n in null)
+      k = jnp.concatenate([k, null_k], axis=1)
+      v = jnp.concatenate([v, null_v], axis=1)
+      if logit_bias is not None:  # null keys get no position prior
+        logit_bias = jnp.pad(logit_bias, ((0, 0), (0, 0), (0, self.options.cross_null_kv)))
+    scale = None
+    if self.options.cosine:
+      ones = param_init(nn.initializers.ones, ("kv",))
+      q = l2_normalize(q) * self.param("query_scale", ones, (self.head_dim,))
+      k = l2_normalize(k) * self.param("key_scale", ones, (self.head_dim,))
+      scale = 8.0
+    if self.options.rope and is_self:
+      grid = math.isqrt(x.shape[1])
+      if grid * grid == x.shape[1] and x.shape[1] > 1:
+        angles = rope_2d_angles(grid, self.head_dim)
+        q, k = apply_rope(q, angles), apply_rope(k, angles)
     if logit_bias is not None:
       logit_bias = logit_bias[None].astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, bias=logit_bias)  # [B, N, heads, head_dim]
+    out = jax.nn.dot_product_attention(q, k, v, bias=logit_bias, scale=scale,
+                                       is_causal=self.causal and is_self)
     out_kernel = self.param(
         "out_kernel",
         param_init(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
@@ -110,12 +176,15 @@ class Block(nn.Module):
   context gets its own LayerNorm, as in the official CQAE code). With
   `position_conv`, tokens that form a square grid first get a depthwise 3x3
   convolution added (the official code's PEG, "positional encoding generator").
+  `causal` makes the self-attention causal (the temporal transformers).
   """
 
   num_heads: int
   mlp_ratio: float = 4.0
   cross_attention: bool = False
   position_conv: bool = False
+  causal: bool = False
+  attention: AttentionOptions = AttentionOptions()
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -126,11 +195,12 @@ class Block(nn.Module):
     head_dim = width // self.num_heads
     if self.position_conv:
       x = x + PositionConv(name="peg")(x)
-    x = x + Attention(self.num_heads, head_dim, name="self_attn")(LayerNorm(name="ln_self")(x))
+    x = x + Attention(self.num_heads, head_dim, self.attention, self.causal, name="self_attn")(
+        LayerNorm(name="ln_self")(x))
     if self.cross_attention:
       if context is None:
         raise ValueError("a cross-attention block needs a context")
-      x = x + Attention(self.num_heads, head_dim, name="cross_attn")(
+      x = x + Attention(self.num_heads, head_dim, self.attention, name="cross_attn")(
           LayerNorm(name="ln_cross")(x), LayerNorm(name="ln_context")(context), cross_bias)
     x = x + Mlp(int(width * self.mlp_ratio), name="mlp")(LayerNorm(name="ln_mlp")(x))
     return constrain(x)
