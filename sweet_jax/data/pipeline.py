@@ -5,6 +5,10 @@ through these functions, so that what is tested on the small dataset is what
 runs at scale. Each host reads its own `process_index::process_count` slice;
 randomness is a pure function of (seed, host, element index), which makes
 the train iterator resumable from a small JSON state.
+
+A video that cannot be read or cut into a clip (a corrupt encoded frame, a video
+shorter than the clip) is skipped with a warning and counted in
+`skipped_clip_count()`, not fatal: one bad file in UCF-101 should not end a run.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from sweet_jax.data import preprocess, video
 # Importing a builder registers it with TFDS.
@@ -123,9 +129,14 @@ def make_train_iterator(
 def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
                      global_batch_size: int, seed: int, process_index: int, process_count: int,
                      num_threads: int, prefetch_buffer_size: int,
-                     then: Callable[[Any], Any] | None = None) -> grain.DatasetIterator:
+                     then: Callable[[Any], Any] | None = None,
+                     sparse: bool = False) -> grain.DatasetIterator:
   """This host's slice, reshuffled every epoch, `random_view` of every element (then
-  `then`), batched; seeds derived from `(seed, process_index)`; resumable state."""
+  `then`), batched; seeds derived from `(seed, process_index)`; resumable state.
+
+  `sparse`: `random_view` returns None for an element to drop; batches are then formed
+  after grain skips the Nones, so they stay full.
+  """
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   ds = _host_slice(source, process_index, process_count)
   if len(ds) == 0:
@@ -136,8 +147,14 @@ def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
   ds = ds.shuffle(seed=int(shuffle_seed)).repeat().random_map(random_view, seed=int(view_seed))
   if then is not None:
     ds = ds.map(then)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size)))
+  if not sparse:
+    ds = ds.batch(local_batch_size, drop_remainder=True)
+    return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size)))
+  ds = ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size * local_batch_size))
+  # Fail loudly, not loop forever, when most elements cannot be read (a broken dataset).
+  options = grain.experimental.DatasetOptions(filter_raise_threshold_ratio=_MAX_SKIPPED_RATIO)
+  ds = grain.experimental.WithOptionsIterDataset(ds, options)
+  return iter(ds.batch(local_batch_size, drop_remainder=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +223,72 @@ def _padded_batches(source: Any, view: grain.transforms.Map, padding: grain.tran
   return ds.batch(local_batch_size).to_iter_dataset(read_options)
 
 
+# A train iterator raises once this fraction of a window of 1000 elements was skipped.
+_MAX_SKIPPED_RATIO = 0.5
+_skipped_lock = threading.Lock()
+_skipped_clips = 0
+
+
+def skipped_clip_count() -> int:
+  """Clips skipped so far in this process (train and eval), because their video could not
+  be read or was too short for a clip; each skip is also logged as a warning.
+
+  Counted per process: grain's reader threads share it; worker processes would not.
+  """
+  with _skipped_lock:
+    return _skipped_clips
+
+
+def _skip_clip(index: int | None, error: str) -> None:
+  global _skipped_clips
+  with _skipped_lock:
+    _skipped_clips += 1
+  where = "an element" if index is None else f"element {index}"
+  logging.warning("Skipping %s of the video source: %s", where, error)
+
+
+_INDEX_KEY = "_source_index"  # Added to every element read, for the skip warning.
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadFailure:
+  """Stands in for an element whose read raised, until a clip view skips it."""
+
+  index: int
+  error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _TolerantSource:
+  """`source` whose failing reads become `_ReadFailure`s and whose elements carry
+  their index, so that clip views can skip them by name."""
+
+  source: Any
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Any:
+    try:
+      element = self.source[index]
+    except Exception as e:  # pylint: disable=broad-except; any read error is per element.
+      return _ReadFailure(int(index), f"{type(e).__name__}: {e}")
+    return {**element, _INDEX_KEY: int(index)}
+
+
+def _try_clip(element: Any, make_clip: Callable[[Mapping[str, Any]], dict]) -> dict | None:
+  """`make_clip(element)`, or None (counted, logged) when the read failed or the video
+  cannot give a clip (`ValueError`: too short, not uint8 [T, H, W, 3])."""
+  if isinstance(element, _ReadFailure):
+    _skip_clip(element.index, element.error)
+    return None
+  try:
+    return make_clip(element)
+  except ValueError as e:
+    _skip_clip(element.get(_INDEX_KEY), f"{type(e).__name__}: {e}")
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _RandomClip(grain.transforms.RandomMap):
   """Random clip of `video` (one crop box for all frames); picklable for grain workers."""
@@ -214,9 +297,10 @@ class _RandomClip(grain.transforms.RandomMap):
   size: int
   scale: tuple[float, float]
 
-  def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {"video": video.random_clip(element["video"], rng, self.num_frames, self.size,
-                                       self.scale)}
+  def random_map(self, element: Any, rng: np.random.Generator) -> dict[str, Any] | None:
+    """The clip, or None (dropped by grain) when `element` gives none."""
+    return _try_clip(element, lambda e: {
+        "video": video.random_clip(e["video"], rng, self.num_frames, self.size, self.scale)})
 
 
 def make_clip_train_iterator(
@@ -237,22 +321,30 @@ def make_clip_train_iterator(
   The video counterpart of `make_train_iterator`: the same per-host slicing,
   per-epoch shuffle, seeding and resumable state, with a random clip (random
   start, one random square box) of every element instead of a random crop.
+  Elements that fail to read or are too short are skipped (see
+  `skipped_clip_count`) and batches filled from the next ones; if over half of
+  a window of 1000 elements is skipped the iterator raises instead.
   """
   return _endless_batches(
-      source, _RandomClip(num_frames, image_size, tuple(crop_scale)),
+      _TolerantSource(source), _RandomClip(num_frames, image_size, tuple(crop_scale)),
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
-      prefetch_buffer_size=prefetch_buffer_size)
+      prefetch_buffer_size=prefetch_buffer_size, sparse=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class _ClipEvalView(grain.transforms.Map):
-  """Deterministic eval clip of a real example, marked valid (stored clips pass unchanged)."""
+  """Deterministic eval clip of a real example, marked valid (stored clips pass unchanged);
+  a masked-out padding clip in place of an element that gives none."""
 
   num_frames: int
   size: int
 
-  def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  def map(self, element: Any) -> dict[str, np.ndarray]:
+    clip = _try_clip(element, self._clip)
+    return _ClipPadding(self.num_frames, self.size).map(0) if clip is None else clip
+
+  def _clip(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
     frames = np.asarray(element["video"])
     if frames.shape[:3] != (self.num_frames, self.size, self.size):
       frames = video.center_clip(frames, self.num_frames, self.size)
@@ -287,9 +379,13 @@ def make_clip_eval_batches(
 
   The video counterpart of `make_eval_batches` (same equal-step padding and
   order); each example becomes its centre clip unless it is already `T x S x S`.
+  An example that fails to read or is too short becomes a padding clip
+  (`mask=False`, counted in `skipped_clip_count`): it is left out of the
+  metrics, and every host still yields the same number of batches.
   """
   return _padded_batches(
-      source, _ClipEvalView(num_frames, image_size), _ClipPadding(num_frames, image_size),
+      _TolerantSource(source), _ClipEvalView(num_frames, image_size),
+      _ClipPadding(num_frames, image_size),
       global_batch_size=global_batch_size, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size)

@@ -92,7 +92,19 @@ def codebook_stats_by_group(indices: jax.Array, groups: dict) -> dict[str, jax.A
   when there are several (the MLC's POS groups: adj over index columns 0-1, noun over 2).
 
   `groups` maps name -> (index columns, or None for indices without a column axis; size).
+  With several token branches (the video CQAE), `indices` and `groups` are dicts keyed
+  by branch and the names become `codebook_<branch>[_<group>]_<stat>`; branches absent
+  from `indices` (no temporal tokens in an image) are skipped.
   """
+  if isinstance(indices, dict):
+    out = {}
+    for branch, branch_indices in indices.items():
+      if branch not in groups:
+        raise ValueError(f"no codebook groups for token branch {branch!r}; groups cover "
+                         f"{sorted(groups)}.")
+      stats = codebook_stats_by_group(branch_indices, groups[branch])
+      out.update({f"codebook_{branch}" + k[len("codebook"):]: v for k, v in stats.items()})
+    return out
   out = {}
   for name, (columns, size) in groups.items():
     selected = indices if columns is None else indices[..., list(columns)]

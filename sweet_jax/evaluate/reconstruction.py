@@ -18,7 +18,7 @@ from sweet_jax.evaluate.images import make_grid, to_uint8
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 
 
-def _gather(tree: Any) -> Any:
+def gather(tree: Any) -> Any:
   """Global arrays -> numpy on every host (works unchanged on one host)."""
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
@@ -39,8 +39,8 @@ def evaluate_reconstruction(
   (the model's codebooks, e.g. one per part of speech for the language codebook)."""
   originals, recons, psnrs, ssims, indices = [], [], [], [], []
   for local_batch in batches:
-    out = _gather(eval_step(params, to_global(local_batch)))
-    gathered = _gather(to_global(local_batch))
+    out = gather(eval_step(params, to_global(local_batch)))
+    gathered = gather(to_global(local_batch))
     mask = gathered["mask"].astype(bool)
     originals.append(gathered["image"][mask])
     recons.append(to_uint8(out["recon"][mask]))
