@@ -27,6 +27,20 @@ PARAM_GROUPS = (
     ("decoder", r"^decoder/"),
 )
 
+# The video CQAE's groups (first match wins): the spatial branch keeps the image
+# model's names, so an image curriculum stage trains exactly the image model's groups.
+VIDEO_PARAM_GROUPS = (
+    ("encoder", r"^encoder/"),
+    ("queries", r"^queries/"),
+    ("temporal_encoder", r"^temporal_encoder/"),
+    ("temporal_queries", r"^temporal_queries/"),
+    ("codebook_projection", r"^quantizer/projection/"),
+    ("quantizer", r"^quantizer/"),
+    ("temporal_codebook_projection", r"^temporal_quantizer/projection/"),
+    ("temporal_quantizer", r"^temporal_quantizer/"),
+    ("decoder", r"^decoder/"),
+)
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()

@@ -1,17 +1,22 @@
 """The optimizer: one optax chain with per-parameter-group transforms.
 
   count_steps            the global step, kept in the optimizer state
+  zero_inactive_groups   gradients of groups outside their curriculum stages -> 0
+                         (so they do not count in the clipping norm)
   clip_by_global_norm    gradient clipping
-  multi_transform        per group (encoder, queries, quantizer, decoder):
-                         AdamW (warm-up + cosine, times the group's lr multiplier,
-                         weight decay on kernels only) or set_to_zero (frozen)
+  multi_transform        per group (encoder, queries, quantizer, decoder, ...):
+                         inject_hyperparams(AdamW gated by `active`) (learning rate
+                         schedule times the group's lr multiplier, weight decay on
+                         kernels only; while `active` is 0 the update is 0 and the
+                         moments and Adam's count stay as they were), or set_to_zero
+                         (lr_mult 0: frozen for the whole run)
 
 Groups are assigned by regular expressions over '/'-joined parameter paths;
 every parameter must fall into exactly one group.
 """
 
 import re
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -76,13 +81,6 @@ def decay_mask(params: Any) -> Any:
   return map_with_path(lambda path, _: path.endswith("kernel"), params)
 
 
-def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int,
-                  end_lr_fraction: float) -> Schedule:
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=base_lr * end_lr_fraction)
-
-
 def linear_ramp(steps: int) -> Schedule:
   """0 -> 1 linearly over `steps` (1 from the start when steps == 0)."""
   if steps <= 0:
@@ -90,25 +88,70 @@ def linear_ramp(steps: int) -> Schedule:
   return optax.linear_schedule(0.0, 1.0, steps)
 
 
+def freeze_unless(inner: optax.GradientTransformation,
+                  active: jax.Array | float) -> optax.GradientTransformation:
+  """`inner` while `active` > 0; otherwise a zero update and an unchanged state (a group
+  outside its curriculum stages keeps its moments for when it trains again)."""
+
+  def update_fn(updates, state, params=None):
+    new_updates, new_state = inner.update(updates, state, params)
+    on = jnp.asarray(active) > 0
+    new_updates = jax.tree.map(lambda u: jnp.where(on, u, jnp.zeros_like(u)), new_updates)
+    new_state = jax.tree.map(lambda n, o: jnp.where(on, n, o), new_state, state)
+    return new_updates, new_state
+
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
+def zero_inactive_groups(labels: Callable[[Any], Any],
+                         active: Mapping[str, Schedule]) -> optax.GradientTransformation:
+  """Zeroes the gradients of groups whose `active[group](step)` is 0."""
+
+  def init_fn(params):
+    del params
+    return StepCountState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    flags = {group: fn(state.step) > 0 for group, fn in active.items()}
+    updates = jax.tree.map(
+        lambda g, label: jnp.where(flags[label], g, jnp.zeros_like(g)) if label in flags else g,
+        updates, labels(updates))
+    return updates, StepCountState(optax.safe_increment(state.step))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(*, schedule: Schedule, groups: Sequence[tuple[str, str]],
                    lr_mult: dict[str, float], b1: float, b2: float, eps: float,
-                   weight_decay: float, clip_norm: float) -> optax.GradientTransformation:
+                   weight_decay: float, clip_norm: float,
+                   active: Mapping[str, Schedule] | None = None) -> optax.GradientTransformation:
+  """The chain above; `active` (group -> step -> 0/1, from the curriculum) gates groups
+  in time, missing groups are always active."""
   names = [name for name, _ in groups]
   unknown = set(lr_mult) - set(names)
   if unknown:
     raise ValueError(f"config.optim.lr_mult names unknown groups {sorted(unknown)}; "
                      f"groups are {names}")
+  active = dict(active or {})
 
-  def group_transform(mult: float) -> optax.GradientTransformation:
+  def gated_adamw(learning_rate, active, b1, b2, eps, weight_decay):
+    return freeze_unless(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
+                                     weight_decay=weight_decay, mask=decay_mask), active)
+
+  def group_transform(name: str, mult: float) -> optax.GradientTransformation:
     if mult == 0.0:
       return optax.set_to_zero()
-    return optax.inject_hyperparams(optax.adamw)(
+    return optax.inject_hyperparams(gated_adamw)(
         learning_rate=lambda count: schedule(count) * mult,
-        b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+        active=active.get(name, lambda count: 1.0),
+        b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
-  transforms = {name: group_transform(float(lr_mult.get(name, 1.0))) for name in names}
+  transforms = {name: group_transform(name, float(lr_mult.get(name, 1.0))) for name in names}
+  labels = lambda p: param_group_labels(p, groups)
   return optax.chain(
       count_steps(),
+      zero_inactive_groups(labels, active),
       optax.clip_by_global_norm(clip_norm),
-      optax.multi_transform(transforms, lambda p: param_group_labels(p, groups)),
+      optax.multi_transform(transforms, labels),
   )

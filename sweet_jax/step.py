@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from sweet_jax.curriculum import group_hyperparams
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
+from sweet_jax.evaluate.video import per_frame_metrics
 from sweet_jax.optim import Schedule, get_step
 
 
@@ -38,6 +40,20 @@ def model_to_unit(images: jax.Array) -> jax.Array:
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
+def model_input(model: nn.Module, batch: Mapping[str, jax.Array]) -> jax.Array:
+  """The batch's pixels in [-1, 1]: clips for a clip model (images become one-frame
+  clips), images otherwise."""
+  if "video" in batch:
+    return images_to_model(batch["video"])
+  images = images_to_model(batch["image"])
+  return images[:, None] if getattr(model, "takes_clips", False) else images
+
+
+def _frames(x: jax.Array) -> jax.Array:
+  """[B, T, H, W, C] or [B, H, W, C] -> [N, H, W, C] (per-frame metrics)."""
+  return x.reshape((-1,) + x.shape[-3:])
+
+
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
                  image_shape: tuple[int, ...]) -> Callable[[jax.Array], TrainState]:
   """rng -> TrainState with Linen-boxed (logically annotated) leaves.
@@ -56,20 +72,23 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: Schedule, loss_weights: Mapping[str, Schedule],
-                    quantizer_mix: Schedule
+                    quantizer_mix: Schedule, quantizer_train: bool = True
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Returns train_step(state, batch) -> (state, metrics); batch["image"] is uint8."""
+  """Returns train_step(state, batch) -> (state, metrics); batch["image"] or
+  batch["video"] is uint8. `quantizer_train=False` runs the quantizer as in evaluation
+  (no GCN dropout): for stages in which the codebook is frozen."""
   index_groups = model.index_groups()
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     step = state.step
     rng = jax.random.fold_in(state.rng, step)
-    images = images_to_model(batch["image"])
+    images = model_input(model, batch)
     weights = {name: fn(step) for name, fn in loss_weights.items()}
     mix = quantizer_mix(step)
 
     def loss_fn(params):
-      recon, aux = model.apply({"params": params}, images, mix, True, rngs={"dropout": rng})
+      recon, aux = model.apply({"params": params}, images, mix, quantizer_train,
+                               rngs={"dropout": rng})
       terms = {
           "recon": jnp.mean(jnp.square(recon - images)),
           "commitment": aux["commitment_loss"],
@@ -85,12 +104,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     metrics = {
         "loss": loss,
         **{f"loss_{name}": value for name, value in terms.items()},
-        "psnr": jnp.mean(psnr(model_to_unit(recon), model_to_unit(images))),
+        "psnr": jnp.mean(psnr(_frames(model_to_unit(recon)), _frames(model_to_unit(images)))),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(params),
         "learning_rate": learning_rate(step),
         "quantizer_mix": mix,
         **codebook_stats_by_group(indices, index_groups),
+        **group_hyperparams(opt_state),
     }
     return TrainState(params=params, opt_state=opt_state, rng=state.rng), metrics
 
@@ -98,17 +118,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 def make_eval_step(model: nn.Module) -> Callable[[Any, dict], dict]:
-  """eval_step(params, batch) -> reconstructions in [0,1], per-image PSNR/SSIM, indices."""
+  """eval_step(params, batch) -> reconstructions in [0,1], PSNR/SSIM per image ([B]) or,
+  for clips, per frame ([B, T]), and the token indices."""
 
   def eval_step(params, batch):
-    images = images_to_model(batch["image"])
-    recon, aux = model.apply({"params": params}, images)
-    recon, target = model_to_unit(recon), model_to_unit(images)
-    return {
-        "recon": recon,
-        "psnr": psnr(recon, target),
-        "ssim": ssim(recon, target),
-        "indices": aux["indices"],
-    }
+    inputs = model_input(model, batch)
+    recon, aux = model.apply({"params": params}, inputs)
+    recon, target = model_to_unit(recon), model_to_unit(inputs)
+    if "video" in batch:
+      frame_psnr, frame_ssim = per_frame_metrics(recon, target)
+    else:
+      frame_psnr, frame_ssim = psnr(recon, target), ssim(recon, target)
+    return {"recon": recon, "psnr": frame_psnr, "ssim": frame_ssim, "indices": aux["indices"]}
 
   return eval_step

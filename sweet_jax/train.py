@@ -19,18 +19,21 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 import ml_collections
 
-from sweet_jax import optim, parallel
+from sweet_jax import curriculum, optim, parallel
 from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
 from sweet_jax.data import pipeline
 from sweet_jax.evaluate.images import save_png
-from sweet_jax.evaluate.reconstruction import ReconstructionResult, evaluate_reconstruction
-from sweet_jax.models import build_model
+from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
+from sweet_jax.evaluate.video import evaluate_clip_reconstruction, write_mp4, write_video_summary
+from sweet_jax.models import build_model, model_class
+from sweet_jax.models.video_cqae import check_num_frames
 from sweet_jax.step import TrainState, make_eval_step, make_init_fn, make_train_step
-from sweet_jax.words import has_words, words_markdown
+from sweet_jax.words import has_words, temporal_words_markdown, words_markdown
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Fails before anything compiles, naming the setting that is impossible."""
+  curriculum.stages_from_config(config)  # raises on an impossible curriculum
   image_size, patch = config.model.image_size, config.model.patch_size
   if image_size % patch:
     raise ValueError(f"config.model.patch_size={patch} does not divide "
@@ -44,9 +47,23 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.model.get("quantizer_type") == "mlc" and config.model.code_dim % 2:
     raise ValueError(f"config.model.code_dim={config.model.code_dim} must be even: the MLC "
                      "quantizer splits each token into an adjective half and a noun half")
+  if "video_data" in config:
+    check_num_frames(config.video_data.num_frames, config.model.temporal_patch_size)
+    if config.video_data.num_frames != config.model.num_frames:
+      raise ValueError(f"config.video_data.num_frames={config.video_data.num_frames} differs "
+                       f"from config.model.num_frames={config.model.num_frames}")
+    if config.video_data.image_size != image_size:
+      raise ValueError(f"config.video_data.image_size={config.video_data.image_size} differs "
+                       f"from config.model.image_size={image_size}")
   parallel.mesh_shape(config.mesh, num_devices)  # raises on a mismatch
-  for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps",
-               "checkpoint_every_steps", "summary_every_steps"):
+  counts = ["batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+            "summary_every_steps"]
+  if "curriculum" not in config:
+    counts.append("total_steps")
+  elif config.get("total_steps") is not None:
+    raise ValueError("config.total_steps is derived from config.curriculum (the sum of the "
+                     "stages' steps); set the stages' steps instead")
+  for name in counts:
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be positive, got {config[name]}")
 
@@ -79,7 +96,10 @@ def load_word_group(config: ml_collections.ConfigDict, workdir: str | None = Non
       artifact.save(run_copy, codebook.spatial, codebook.temporal, codebook.manifest)
   logging.info("Language codebook %s: %s", codebook.manifest["hash"][:12],
                codebook.manifest["sizes"])
-  return {"word_group": codebook.spatial}
+  groups = {"word_group": codebook.spatial}
+  if hasattr(model_class(config.model.name), "temporal_word_group"):
+    groups["temporal_word_group"] = codebook.temporal
+  return groups
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -99,9 +119,15 @@ class Components:
   abstract_state: TrainState  # Linen-boxed ShapeDtypeStructs
   state_sharding: TrainState
   batch_sharding: NamedSharding
-  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
+  stages: list[curriculum.Stage]
+  stage_steps: dict[str, Any]  # stage name -> jitted (state, batch) -> (state, metrics)
   eval_step: Any  # jitted (params, batch) -> per-image outputs
   rng: jax.Array
+
+  @property
+  def train_step(self) -> Any:
+    """The first stage's step (state donated)."""
+    return self.stage_steps[self.stages[0].name]
 
   def init_state(self) -> TrainState:
     """A fresh state, materialised directly with its shardings (never whole on one device)."""
@@ -127,42 +153,119 @@ def build_components(config: ml_collections.ConfigDict,
       raise ValueError(f"config.{name}={config[name]} is not divisible by the "
                        f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
 
+  stages = curriculum.stages_from_config(config)
+  for stage in stages:
+    if stage.batch_size % dp:
+      raise ValueError(f"stage {stage.name!r} batch_size={stage.batch_size} is not divisible "
+                       f"by the data-parallel size {dp} of mesh {dict(mesh.shape)}")
   model = build_model(**config.model, **load_word_group(config, workdir))
-  schedule = optim.warmup_cosine(config.optim.lr, config.optim.warmup_steps,
-                                 config.total_steps, config.optim.end_lr_fraction)
+  groups = [tuple(g) for g in config.optim.param_groups]
+  group_names = [name for name, _ in groups]
+  schedule = curriculum.learning_rate_schedule(stages, config.optim.warmup_steps,
+                                               config.optim.end_lr_fraction)
   tx = optim.make_optimizer(
-      schedule=schedule, groups=[tuple(g) for g in config.optim.param_groups],
-      lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1, b2=config.optim.b2,
-      eps=config.optim.eps, weight_decay=config.optim.weight_decay, clip_norm=config.optim.clip_norm)
-  loss_weights = {name: optax.constant_schedule(float(w)) for name, w in config.loss.items()}
-  image_shape = (config.data.image_size, config.data.image_size, 3)
+      schedule=schedule, groups=groups, lr_mult=dict(config.optim.lr_mult), b1=config.optim.b1,
+      b2=config.optim.b2, eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+      clip_norm=config.optim.clip_norm,
+      active=curriculum.active_schedules(stages, group_names) if len(stages) > 1 else None)
+  loss_weights = curriculum.loss_weight_schedules(stages)
+  input_shape = (config.data.image_size, config.data.image_size, 3)
+  if getattr(model, "takes_clips", False):
+    input_shape = (config.model.num_frames,) + input_shape
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init_fn = make_init_fn(model, tx, image_shape)
+    init_fn = make_init_fn(model, tx, input_shape)
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(init_fn, rng)
     state_sharding = parallel.logical_to_sharding(abstract, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
-  train_step = jax.jit(
-      make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
-                      quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps)),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, parallel.replicated(mesh)),
-      donate_argnums=(0,))
+
+  def jitted_step(quantizer_train: bool):
+    return jax.jit(
+        make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
+                        quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps),
+                        quantizer_train=quantizer_train),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=(0,))
+
+  # One jitted function per quantizer mode: a stage switch compiles at most once (for
+  # the new batch shape or mode); stages alike share the compiled step.
+  steps_by_mode = {mode: jitted_step(mode) for mode in {trains_quantizer(s) for s in stages}}
+  stage_steps = {s.name: steps_by_mode[trains_quantizer(s)] for s in stages}
   eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, batch_sharding))
   return Components(mesh=mesh, rules=rules, model=model, tx=tx, init_fn=init_fn,
                     abstract_state=abstract, state_sharding=state_sharding,
-                    batch_sharding=batch_sharding, train_step=train_step, eval_step=eval_step,
-                    rng=rng)
+                    batch_sharding=batch_sharding, stages=stages, stage_steps=stage_steps,
+                    eval_step=eval_step, rng=rng)
+
+
+def trains_quantizer(stage: curriculum.Stage) -> bool:
+  """Whether a stage trains a quantizer/codebook group; if not, the quantizer runs as in
+  evaluation (no GCN dropout) since its codes are what the decoder must learn from."""
+  return any("quantizer" in g or "codebook" in g for g in stage.train)
+
+
+def make_stage_iterator(config: ml_collections.ConfigDict, stages: Sequence[curriculum.Stage],
+                        index: int, hosts: dict[str, int]):
+  """A fresh train iterator for stage `index`: images or clips at the stage's batch size,
+  seeded by (config.seed, stage index), so a resumed run rebuilds the same stream."""
+  stage = stages[index]
+  seed = config.seed + index
+  if stage.data == "image":
+    data = config.data
+    source = pipeline.get_data_source(data.name, data.train_split, data.data_dir)
+    return pipeline.make_train_iterator(
+        source, global_batch_size=stage.batch_size, image_size=data.image_size, seed=seed,
+        crop_scale=(data.crop_min_scale, data.crop_max_scale), flip=data.flip,
+        num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size,
+        color_jitter=data.color_jitter, **hosts)
+  data = config.video_data
+  source = pipeline.get_data_source(data.name, data.train_split, data.data_dir)
+  return pipeline.make_clip_train_iterator(
+      source, global_batch_size=stage.batch_size, num_frames=data.num_frames,
+      image_size=data.image_size, seed=seed, crop_scale=(data.crop_min_scale, data.crop_max_scale),
+      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size, **hosts)
+
+
+def make_eval_batches(config: ml_collections.ConfigDict, stages: Sequence[curriculum.Stage],
+                      hosts: dict[str, int]):
+  """Held-out clips when any stage trains on video, held-out images otherwise."""
+  if any(stage.data == "video" for stage in stages):
+    data = config.video_data
+    return pipeline.make_clip_eval_batches(
+        pipeline.get_data_source(data.name, data.eval_split, data.data_dir),
+        global_batch_size=config.eval_batch_size, num_frames=data.num_frames,
+        image_size=data.image_size, **hosts)
+  data = config.data
+  return pipeline.make_eval_batches(
+      pipeline.get_data_source(data.name, data.eval_split, data.data_dir),
+      global_batch_size=config.eval_batch_size, image_size=data.image_size,
+      preprocess=data.eval_preprocess, **hosts)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Atomically (a crash never leaves half a file)."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics.
 
-  `stop_at_step` ends this invocation early (with a checkpoint) without changing
-  the schedules, which stay defined by `config.total_steps`: a time-boxed job,
-  or a test of resumption.
+  With a curriculum, the held-out metrics after each stage are kept under "stages"
+  (keyed by stage name). `stop_at_step` ends this invocation early (with a checkpoint)
+  without changing the schedules, which stay defined by the full run: a time-boxed
+  job, or a test of resumption.
   """
   validate_config(config, jax.device_count())
   if "://" not in workdir:  # orbax needs absolute paths; keep gs:// and friends as they are
@@ -173,84 +276,130 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   c = build_components(config, workdir=workdir)
+  stages = c.stages
+  has_curriculum = "curriculum" in config
+  logging.info("Curriculum: %s", curriculum.summary(stages))
 
-  data = config.data
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  train_source = pipeline.get_data_source(data.name, data.train_split, data.data_dir)
-  eval_source = pipeline.get_data_source(data.name, data.eval_split, data.data_dir)
-  train_iter = pipeline.make_train_iterator(
-      train_source, global_batch_size=config.batch_size, image_size=data.image_size,
-      seed=config.seed, crop_scale=(data.crop_min_scale, data.crop_max_scale), flip=data.flip,
-      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size,
-      color_jitter=data.color_jitter, **hosts)
-  eval_batches = pipeline.make_eval_batches(
-      eval_source, global_batch_size=config.eval_batch_size, image_size=data.image_size,
-      preprocess=data.eval_preprocess, **hosts)
+  eval_batches = make_eval_batches(config, stages, hosts)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   to_global = lambda b: parallel.to_global(b, c.batch_sharding)
+  takes_clips = any(stage.data == "video" for stage in stages)
+  stage_metrics_path = os.path.join(workdir, "stage_metrics.json")
 
   with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 max_to_keep=config.keep_checkpoints,
                                 save_interval_steps=config.checkpoint_every_steps)
     latest = checkpointer.latest_step()
-    if latest is not None:
-      logging.info("Resuming from the checkpoint of step %d in %s", latest, workdir)
-      state = checkpointer.restore(latest, c.restore_target(), train_iter)
-    else:
+    train_iter, iter_stage = None, None
+    if latest is None:
       logging.info("Starting from scratch in %s", workdir)
       state = c.init_state()
       logging.info("Parameters: %d",
                    sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
+    else:
+      index = curriculum.stage_index(stages, latest)
+      if latest > stages[index].start:  # inside a stage: continue its data stream
+        logging.info("Resuming stage %r from the checkpoint of step %d in %s",
+                     stages[index].name, latest, workdir)
+        train_iter, iter_stage = make_stage_iterator(config, stages, index, hosts), index
+        state = checkpointer.restore(latest, c.restore_target(), train_iter)
+      else:  # exactly at a stage boundary: the next stage starts a fresh stream
+        logging.info("Resuming at the start of stage %r (step %d) in %s",
+                     stages[index].name, latest, workdir)
+        state = checkpointer.restore_state(latest, c.restore_target())
 
-    def run_eval(step: int, prefix: str) -> ReconstructionResult:
-      result = evaluate_reconstruction(
-          c.eval_step, state.params, eval_batches, to_global,
-          bits_per_image=c.model.bits_per_image, index_groups=c.model.index_groups(),
-          num_grid_images=config.num_summary_images)
+    def run_eval(step: int, prefix: str) -> Any:
+      if takes_clips:
+        result = evaluate_clip_reconstruction(
+            c.eval_step, state.params, eval_batches, to_global,
+            index_groups=c.model.index_groups(), num_grid_clips=config.num_summary_images,
+            bits_per_clip=c.model.bits_per_clip)
+        write_video_summary(writer, step, f"{prefix}/originals_recons", result.video)
+        spatial_indices = result.grid_indices["spatial"]
+      else:
+        result = evaluate_reconstruction(
+            c.eval_step, state.params, eval_batches, to_global,
+            bits_per_image=c.model.bits_per_image, index_groups=c.model.index_groups(),
+            num_grid_images=config.num_summary_images)
+        writer.write_images(step, {f"{prefix}/originals_recons_thumbnails": result.grid[None]})
+        spatial_indices = result.grid_indices
       writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in result.metrics.items()
                                   if isinstance(v, (int, float))})
-      writer.write_images(step, {f"{prefix}/originals_recons_thumbnails": result.grid[None]})
       if has_words(c.model):
-        indices = result.grid_indices[:config.num_word_images]
+        indices = spatial_indices[:config.num_word_images]
         writer.write_texts(step, {f"{prefix}/words": words_markdown(c.model, indices)})
       return result
 
+    stage_results = _read_json(stage_metrics_path)
+    last_result = None
+
+    def end_of_stage(stage: curriculum.Stage, step: int) -> None:
+      nonlocal last_result
+      last_result = run_eval(step, f"stage_{stage.name}")
+      stage_results[stage.name] = dict(last_result.metrics, step=step)
+      if is_chief:
+        _write_json(stage_metrics_path, stage_results)
+        if takes_clips:
+          write_mp4(os.path.join(workdir, f"recon_{stage.name}.mp4"), last_result.video)
+      logging.info("Stage %r done at step %d: %s", stage.name, step,
+                   {k: v for k, v in last_result.metrics.items() if isinstance(v, float)})
+
     step = int(state.step)
-    last_step = config.total_steps
-    if stop_at_step is not None:
-      last_step = min(stop_at_step, last_step)
-    report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+    total = curriculum.total_steps(stages)
+    last_step = total if stop_at_step is None else min(stop_at_step, total)
+    if has_curriculum:  # a stage that ended just before an interruption still gets scored
+      for stage in stages:
+        if stage.end == step and stage.name not in stage_results:
+          end_of_stage(stage, step)
+    report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_secs=30.0)
     history: list[dict[str, Any]] = []
     train_start = time.time()
     while step < last_step:
+      index = curriculum.stage_index(stages, step)
+      stage = stages[index]
+      if iter_stage != index:
+        logging.info("Stage %r: steps [%d, %d), %s data", stage.name, stage.start, stage.end,
+                     stage.data)
+        train_iter, iter_stage = make_stage_iterator(config, stages, index, hosts), index
       batch = to_global(next(train_iter))
-      state, metrics = c.train_step(state, batch)
+      state, metrics = c.stage_steps[stage.name](state, batch)
       step += 1
       history.append(metrics)
       report(step)
-      if step % config.log_every_steps == 0 or step == config.total_steps:
+      if step % config.log_every_steps == 0 or step == stage.end:
         scalars = _mean_metrics(history)
         history = []
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         if not np.isfinite(scalars["loss"]):
-          raise FloatingPointError(f"non-finite training loss at step {step}: {scalars}")
-      if step % config.summary_every_steps == 0:
+          raise FloatingPointError(f"non-finite training loss at step {step} "
+                                   f"(stage {stage.name!r}): {scalars}")
+      if step % config.summary_every_steps == 0 and step != stage.end:
         run_eval(step, "eval")
-      checkpointer.save(step, state, train_iter, force=step == last_step)
+      if has_curriculum and step == stage.end:
+        end_of_stage(stage, step)
+      checkpointer.save(step, state, train_iter, force=step in (last_step, stage.end))
     train_seconds = time.time() - train_start
 
     checkpointer.wait_until_finished()
-    final = run_eval(step, "final")
+    final = last_result if last_result is not None and step == total else run_eval(step, "final")
   eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1))
+  if has_curriculum:
+    eval_metrics["stages"] = stage_results
   writer.flush()
   if is_chief:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(eval_metrics, f, indent=2)
-    save_png(os.path.join(workdir, "recon_grid.png"), final.grid)
+    _write_json(os.path.join(workdir, "metrics.json"), eval_metrics)
+    if takes_clips:
+      write_mp4(os.path.join(workdir, "recon.mp4"), final.video)
+    else:
+      save_png(os.path.join(workdir, "recon_grid.png"), final.grid)
     if has_words(c.model):
+      indices = final.grid_indices["spatial"] if takes_clips else final.grid_indices
       with open(os.path.join(workdir, "words.md"), "w") as f:
-        f.write(words_markdown(c.model, final.grid_indices))
+        f.write(words_markdown(c.model, indices))
+        if takes_clips and "temporal" in final.grid_indices:
+          f.write("\n" + temporal_words_markdown(c.model, final.grid_indices["temporal"]))
   checkpointer.close()
   return eval_metrics

@@ -55,6 +55,20 @@ def words_markdown(model: nn.Module, indices: np.ndarray,
   return "\n".join(parts)
 
 
+def temporal_words_markdown(model: nn.Module, indices: np.ndarray) -> str:
+  """The video CQAE's temporal tokens [B, N, 3] (one per patch position, row-major), as
+  a grid of 'adverb+adverb verb' per clip."""
+  words = model.make_temporal_quantizer(parent=None).words(np.asarray(indices))
+  side = int(round(len(words[0]) ** 0.5))
+  parts = []
+  for i, tokens in enumerate(words):
+    cells = [f"{a}+{b} {v}" for a, b, v in tokens]
+    rows = "\n".join("| " + " | ".join(cells[r * side:(r + 1) * side]) + " |" for r in range(side))
+    header = "| " + " | ".join(f"x{c}" for c in range(side)) + " |\n|" + "---|" * side
+    parts.append(f"**held-out clip {i}: temporal tokens by position**\n\n{header}\n{rows}\n")
+  return "\n".join(parts)
+
+
 def load_image(path: str, size: int) -> np.ndarray:
   """An image file -> uint8 [size, size, 3] (shorter side resized, centre crop)."""
   if not os.path.exists(path):
@@ -97,7 +111,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
   from sweet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from sweet_jax.step import images_to_model  # pylint: disable=g-import-not-at-top
+  from sweet_jax.step import model_input  # pylint: disable=g-import-not-at-top
   config, c, params, step = read_run(FLAGS.workdir, FLAGS.step)
   if not has_words(c.model):
     raise app.UsageError(f"the model in {FLAGS.workdir} does not quantize with the language "
@@ -118,9 +132,12 @@ def main(argv):
   dp = parallel.data_parallel_size(c.mesh, c.rules)
   padded = np.concatenate([images, np.zeros((-len(images) % dp,) + images.shape[1:], np.uint8)])
   encode = jax.jit(lambda p, x: c.model.apply(
-      {"params": p}, images_to_model(x), method=c.model.encode_to_indices))
+      {"params": p}, model_input(c.model, {"image": x}), method=c.model.encode_to_indices))
   with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
-    indices = np.asarray(encode(params, jax.device_put(padded, c.batch_sharding)))[:len(images)]
+    indices = jax.device_get(encode(params, jax.device_put(padded, c.batch_sharding)))
+  if isinstance(indices, dict):  # a video model: an image has spatial tokens only
+    indices = indices["spatial"]
+  indices = np.asarray(indices)[:len(images)]
   print(f"Words of {len(images)} image(s), checkpoint step {step} of {FLAGS.workdir}:\n")
   print(words_markdown(c.model, indices, names))
 

@@ -50,3 +50,12 @@ def embedded_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   pipeline.get_data_source("sweet_embedded_photos", "train", data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def clips_data_dir(tmp_path_factory) -> str:
+  """The embedded clips dataset, built once per test session."""
+  from sweet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds_clips"))
+  pipeline.get_data_source("sweet_embedded_clips", "train", data_dir)
+  return data_dir

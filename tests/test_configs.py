@@ -4,7 +4,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import sweet_image
+from configs import sweet_image, sweet_video
 
 CONFIG = "configs/sweet_image.py"
 
@@ -87,3 +87,37 @@ def test_production_config_builds_with_the_paper_sized_codebook():
   gcn = c.abstract_state.params["quantizer"]["projection"]
   assert gcn["gcn_0"]["Dense_0"]["kernel"].value.shape == (50, 256)
   assert gcn["gcn_1"]["Dense_0"]["kernel"].value.shape == (256, 8)  # code_dim 16 = 2 x 8
+
+
+def test_video_production_config_builds_with_both_word_groups():
+  """ucf101 on 8 CPU devices, abstractly: 256 spatial + 1024 temporal tokens, nouns and
+  adjectives for the spatial quantizer, verbs and adverbs for the temporal one."""
+  from sweet_jax.train import build_components  # pylint: disable=g-import-not-at-top
+  c = build_components(sweet_video.get_config("ucf101"))
+  groups = c.model.index_groups()
+  assert set(groups["spatial"]) == {"adj", "noun"} and set(groups["temporal"]) == {"adv", "verb"}
+  assert c.model.num_temporal_tokens == 1024 and c.model.num_queries == 256
+  params = c.abstract_state.params
+  assert params["temporal_queries"]["tokens"].value.shape == (1024, 512)
+  assert params["decoder"]["block_0"]["cross_attn"]["null_kv"].value.shape == (2, 2, 8, 64)
+  assert [s.name for s in c.stages] == ["spatial", "temporal", "decoder"]
+
+
+@pytest.mark.parametrize("variant", sweet_video.VARIANTS)
+def test_video_variants_validate(variant):
+  from sweet_jax.train import validate_config  # pylint: disable=g-import-not-at-top
+  validate_config(sweet_video.get_config(variant), 8)
+
+
+def test_video_config_refuses_bad_frame_counts_and_total_steps():
+  from sweet_jax.train import validate_config  # pylint: disable=g-import-not-at-top
+  config = sweet_video.get_config("runlocal")
+  with config.unlocked():
+    config.video_data.num_frames = 8  # one field reference: the model's changes too
+  with pytest.raises(ValueError, match=r"1 \+ k\*4 frames"):
+    validate_config(config, 8)
+  config = sweet_video.get_config("runlocal")
+  with config.unlocked():
+    config.total_steps = 10
+  with pytest.raises(ValueError, match="derived from config.curriculum"):
+    validate_config(config, 8)

@@ -1,0 +1,149 @@
+"""The curriculum: stages from the config, clear errors, gated groups, exact resumption."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import sweet_video
+from sweet_jax import curriculum
+from sweet_jax.train import build_components, train_and_evaluate
+
+
+def video_runlocal(photos_dir=None, clips_dir=None):
+  config = sweet_video.get_config("runlocal")
+  with config.unlocked():
+    config.data.data_dir = photos_dir
+    config.video_data.data_dir = clips_dir
+  return config
+
+
+def test_stages_from_the_video_config():
+  config = sweet_video.get_config("cpu")
+  stages = curriculum.stages_from_config(config)
+  assert [s.name for s in stages] == ["spatial", "temporal", "decoder"]
+  assert [s.data for s in stages] == ["image", "video", "video"]
+  assert stages[1].start == stages[0].end and stages[2].start == stages[1].end
+  assert stages[2].train == ("decoder",)
+  assert dict(stages[2].loss)["commitment"] == 0.0 and dict(stages[0].loss)["recon"] == 1.0
+  assert curriculum.stage_index(stages, stages[1].start - 1) == 0
+  assert curriculum.stage_index(stages, stages[1].start) == 1
+  # The joint ablation: as many steps as the whole curriculum.
+  with config.unlocked():
+    config.curriculum.order = ("joint",)
+  (joint,) = curriculum.stages_from_config(config)
+  assert joint.steps == curriculum.total_steps(stages) and joint.data == "video"
+
+
+def test_schedules_follow_the_stages():
+  stages = curriculum.stages_from_config(video_runlocal())  # 2 + 2 + 2 steps
+  active = curriculum.active_schedules(stages, ["temporal_encoder", "decoder"])
+  assert [float(active["temporal_encoder"](s)) for s in range(6)] == [0, 0, 1, 1, 0, 0]
+  assert [float(active["decoder"](s)) for s in range(6)] == [1] * 6
+  weights = curriculum.loss_weight_schedules(stages)
+  np.testing.assert_allclose([weights["entropy"](s) for s in range(6)], [0.01] * 4 + [0.0] * 2)
+  lr = curriculum.learning_rate_schedule(stages, warmup_steps=1, end_lr_fraction=0.1)
+  assert float(lr(0)) == 0.0 and float(lr(2)) == 0.0 and float(lr(1)) > 0  # warm-up per stage
+
+
+@pytest.mark.parametrize("override,message", [
+    (dict(train=("decoder", "teeth")), r"trains unknown parameter groups \['teeth'\]"),
+    (dict(data="audio"), "has data 'audio'"),
+    (dict(steps=0), "needs at least one"),
+])
+def test_bad_stages_are_named(override, message):
+  config = video_runlocal()
+  with config.unlocked():
+    config.curriculum.stages.temporal.update(override)
+  with pytest.raises(ValueError, match=message):
+    curriculum.stages_from_config(config)
+
+
+def test_a_group_trained_in_no_stage_is_an_error():
+  config = video_runlocal()
+  with config.unlocked():
+    config.curriculum.order = ("spatial", "decoder")
+  with pytest.raises(ValueError, match=r"\['temporal_encoder', 'temporal_queries'.*trained in "
+                     "no stage"):
+    curriculum.stages_from_config(config)
+  with config.unlocked():
+    config.curriculum.order = ("spatial", "motion")
+  with pytest.raises(ValueError, match="names stage 'motion'"):
+    curriculum.stages_from_config(config)
+
+
+def _adam_state(opt_state, group):
+  """The group's AdamW state inside inject_hyperparams (moments and Adam's count)."""
+  return opt_state[-1].inner_states[group].inner_state.inner_state
+
+
+def test_frozen_groups_keep_parameters_and_moments(tmp_path):
+  config = video_runlocal()
+  c = build_components(config, workdir=str(tmp_path))
+  rng = np.random.default_rng(0)
+  image_batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), np.uint8)}
+  clip_batch = {"video": rng.integers(0, 256, (8, 9, 32, 32, 3), np.uint8)}
+  groups = {
+      "temporal_encoder": lambda p: p["temporal_encoder"],
+      "encoder": lambda p: p["encoder"],
+      "codebook_projection": lambda p: p["quantizer"]["projection"],
+      "decoder": lambda p: p["decoder"],
+  }
+  trains = {"spatial": {"encoder", "codebook_projection", "decoder"},
+            "temporal": set(groups), "decoder": {"decoder"}}
+  changed = lambda before, after: any(not np.array_equal(x, y) for x, y in
+                                     zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  with jax.set_mesh(c.mesh):
+    state = c.init_state()
+    for stage in c.stages:
+      batch = image_batch if stage.data == "image" else clip_batch
+      stage_start = {g: jax.device_get(get(state.params)) for g, get in groups.items()}
+      for _ in range(stage.steps):
+        before_adam = {g: jax.device_get(_adam_state(state.opt_state, g)) for g in groups}
+        state, metrics = c.stage_steps[stage.name](state, jax.device_put(batch, c.batch_sharding))
+        for g in groups:
+          active = g in trains[stage.name]
+          after_adam = jax.device_get(_adam_state(state.opt_state, g))
+          assert changed(before_adam[g], after_adam) == active, (stage.name, g, "moments")
+          assert float(metrics[f"active_{g}"]) == float(active)
+      for g, get in groups.items():  # (a stage's first step has learning rate 0: warm-up)
+        moved = changed(stage_start[g], jax.device_get(get(state.params)))
+        assert moved == (g in trains[stage.name]), (stage.name, g, "parameters")
+
+
+def _saved_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def test_resume_at_a_boundary_and_mid_stage_reproduces_the_run(tmp_path, embedded_data_dir,
+                                                               clips_data_dir):
+  config = video_runlocal(embedded_data_dir, clips_data_dir)  # stages of 2 + 2 + 2 steps
+  full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
+  full = train_and_evaluate(config, full_dir)
+  assert full["step"] == 6
+
+  # Interrupted exactly at the spatial/temporal boundary, then in the middle of the
+  # temporal stage; each restart continues the same curriculum.
+  assert train_and_evaluate(config, resumed_dir, stop_at_step=2)["step"] == 2
+  assert train_and_evaluate(config, resumed_dir, stop_at_step=3)["step"] == 3
+  resumed = train_and_evaluate(config, resumed_dir)
+  assert resumed["step"] == 6
+  for a, b in zip(jax.tree.leaves(_saved_params(full_dir, 6)),
+                  jax.tree.leaves(_saved_params(resumed_dir, 6))):
+    np.testing.assert_array_equal(a, b)
+  assert resumed["psnr"] == full["psnr"]
+
+  # The job's outputs: per-stage held-out metrics keyed by stage name, and videos.
+  with open(os.path.join(full_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert list(metrics["stages"]) == ["spatial", "temporal", "decoder"]
+  for stage in metrics["stages"].values():
+    assert len(stage["psnr_per_frame"]) == 9 and len(stage["ssim_per_frame"]) == 9
+    assert stage["thumbnail_bits"] >= stage["bits_per_clip"] > 0
+  assert metrics["stages"] == resumed["stages"]
+  for name in ("recon.mp4", "recon_spatial.mp4", "recon_decoder.mp4"):
+    assert os.path.getsize(os.path.join(full_dir, name)) > 0
