@@ -147,3 +147,19 @@ def test_resume_at_a_boundary_and_mid_stage_reproduces_the_run(tmp_path, embedde
   assert metrics["stages"] == resumed["stages"]
   for name in ("recon.mp4", "recon_spatial.mp4", "recon_decoder.mp4"):
     assert os.path.getsize(os.path.join(full_dir, name)) > 0
+
+
+def test_weight_decay_reaches_kernels_only_and_stops_with_the_group():
+  """inject_hyperparams once evaluated the decay mask as a schedule (no decay at all)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sweet_jax import optim  # pylint: disable=g-import-not-at-top
+  params = {"a": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}, "b": {"kernel": jnp.ones(3)}}
+  tx = optim.make_optimizer(
+      schedule=lambda step: 0.1, groups=[("a", "^a/"), ("b", "^b/")], lr_mult={}, b1=0.9,
+      b2=0.99, eps=1e-8, weight_decay=0.5, clip_norm=1.0,
+      active={"b": lambda step: jnp.asarray(0.0)})
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"]["kernel"], -0.05)  # -lr * wd * param
+  np.testing.assert_array_equal(updates["a"]["bias"], 0.0)
+  np.testing.assert_array_equal(updates["b"]["kernel"], 0.0)  # inactive: no decay either
