@@ -42,6 +42,18 @@ VIDEO_PARAM_GROUPS = (
 )
 
 
+def parse_arg(arg: str | None, config_name: str, variants: tuple[str, ...],
+              codebooks: tuple[str, ...]) -> tuple[str, str]:
+  """'VARIANT[,CODEBOOK]' -> (variant, codebook); default 'cpu,language'."""
+  variant, _, codebook = (arg or "cpu").partition(",")
+  codebook = codebook or "language"
+  if variant not in variants:
+    raise ValueError(f"unknown variant {variant!r} of {config_name}; choose one of {variants}")
+  if codebook not in codebooks:
+    raise ValueError(f"unknown codebook {codebook!r} in {arg!r}; choose one of {codebooks}")
+  return variant, codebook
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -39,12 +39,7 @@ CODEBOOKS = ("language", "plain", "vq")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, _, codebook = (arg or "cpu").partition(",")
-  codebook = codebook or "language"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of sweet_image; choose one of {VARIANTS}")
-  if codebook not in CODEBOOKS:
-    raise ValueError(f"unknown codebook {codebook!r} in {arg!r}; choose one of {CODEBOOKS}")
+  variant, codebook = common.parse_arg(arg, "sweet_image", VARIANTS, CODEBOOKS)
   c = common.base_config()
   c.variant = f"{variant},{codebook}"
   image_size = ml_collections.FieldReference(64)

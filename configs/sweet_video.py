@@ -53,12 +53,7 @@ def _stage(steps, data: str, train: tuple[str, ...], batch_size, **loss) -> ml_c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, _, codebook = (arg or "cpu").partition(",")
-  codebook = codebook or "language"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of sweet_video; choose one of {VARIANTS}")
-  if codebook not in CODEBOOKS:
-    raise ValueError(f"unknown codebook {codebook!r} in {arg!r}; choose one of {CODEBOOKS}")
+  variant, codebook = common.parse_arg(arg, "sweet_video", VARIANTS, CODEBOOKS)
   c = common.base_config()
   c.variant = f"{variant},{codebook}"
   c.total_steps = config_dict.placeholder(int)  # derived: the sum of the stages' steps
