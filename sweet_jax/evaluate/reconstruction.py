@@ -30,6 +30,28 @@ class ReconstructionResult:
   grid_indices: np.ndarray  # the token indices of the images in the grid
 
 
+def collect_held_out(eval_step: Callable[[Any, dict], dict], params: Any,
+                     batches: Iterable[dict], to_global: Callable[[dict], dict],
+                     input_key: str) -> dict[str, Any]:
+  """Runs `eval_step` over every batch and keeps the real (unmasked) examples:
+  originals (uint8), reconstructions (uint8), psnr, ssim and indices (an array or a dict
+  of arrays), each concatenated over batches, on every host."""
+  parts = {"originals": [], "recons": [], "psnr": [], "ssim": [], "indices": []}
+  for local_batch in batches:
+    out = gather(eval_step(params, to_global(local_batch)))
+    gathered = gather(to_global(local_batch))
+    mask = gathered["mask"].astype(bool)
+    parts["originals"].append(gathered[input_key][mask])
+    parts["recons"].append(to_uint8(out["recon"][mask]))
+    parts["psnr"].append(out["psnr"][mask])
+    parts["ssim"].append(out["ssim"][mask])
+    parts["indices"].append(jax.tree.map(lambda x: x[mask], out["indices"]))
+  if not sum(len(o) for o in parts["originals"]):
+    raise ValueError(f"the evaluation split yielded no valid examples ({input_key}: all "
+                     "padding or skipped)")
+  return {k: jax.tree.map(lambda *xs: np.concatenate(xs), *v) for k, v in parts.items()}
+
+
 def evaluate_reconstruction(
     eval_step: Callable[[Any, dict], dict], params: Any, batches: Iterable[dict],
     to_global: Callable[[dict], dict], *, bits_per_image: float,
@@ -37,21 +59,8 @@ def evaluate_reconstruction(
     num_grid_images: int) -> ReconstructionResult:
   """Scores every held-out image; codebook usage and perplexity per `index_groups`
   (the model's codebooks, e.g. one per part of speech for the language codebook)."""
-  originals, recons, psnrs, ssims, indices = [], [], [], [], []
-  for local_batch in batches:
-    out = gather(eval_step(params, to_global(local_batch)))
-    gathered = gather(to_global(local_batch))
-    mask = gathered["mask"].astype(bool)
-    originals.append(gathered["image"][mask])
-    recons.append(to_uint8(out["recon"][mask]))
-    psnrs.append(out["psnr"][mask])
-    ssims.append(out["ssim"][mask])
-    indices.append(out["indices"][mask])
-  if not originals:
-    raise ValueError("the evaluation split yielded no batches")
-  originals = np.concatenate(originals)
-  recons = np.concatenate(recons)
-  all_indices = np.concatenate(indices)
+  held_out = collect_held_out(eval_step, params, batches, to_global, "image")
+  originals, recons, all_indices = (held_out[k] for k in ("originals", "recons", "indices"))
 
   side = thumbnail_side(bits_per_image)
   thumbs = bicubic_thumbnail(originals, side)
@@ -59,8 +68,8 @@ def evaluate_reconstruction(
   usage = codebook_stats_by_group(all_indices, index_groups)
   metrics = {
       "num_images": int(len(originals)),
-      "psnr": float(np.mean(np.concatenate(psnrs))),
-      "ssim": float(np.mean(np.concatenate(ssims))),
+      "psnr": float(np.mean(held_out["psnr"])),
+      "ssim": float(np.mean(held_out["ssim"])),
       **{name: float(value) for name, value in usage.items()},
       "bits_per_image": float(bits_per_image),
       "thumbnail_side": int(side),

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
-from sweet_jax.evaluate.images import make_grid, to_uint8
+from sweet_jax.evaluate.images import make_grid
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
-from sweet_jax.evaluate.reconstruction import gather
+from sweet_jax.evaluate.reconstruction import collect_held_out
 
 
 def per_frame_metrics(recon: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -105,21 +105,9 @@ def evaluate_clip_reconstruction(
   bit-matched codec of the image evaluation: a bicubic thumbnail of every frame, the
   smallest whose bits over all frames are at least the tokens' bits.
   """
-  originals, recons, psnrs, ssims, indices = [], [], [], [], []
-  for local_batch in batches:
-    out = gather(eval_step(params, to_global(local_batch)))
-    gathered = gather(to_global(local_batch))
-    mask = gathered["mask"].astype(bool)
-    originals.append(gathered["video"][mask])
-    recons.append(to_uint8(out["recon"][mask]))
-    psnrs.append(out["psnr"][mask])
-    ssims.append(out["ssim"][mask])
-    indices.append(jax.tree.map(lambda x: x[mask], out["indices"]))
-  if not originals or not sum(len(o) for o in originals):
-    raise ValueError("the evaluation split yielded no valid clips (all padding or skipped)")
-  originals, recons = np.concatenate(originals), np.concatenate(recons)
-  frame_psnr, frame_ssim = np.concatenate(psnrs), np.concatenate(ssims)  # [N, T]
-  all_indices = jax.tree.map(lambda *xs: np.concatenate(xs), *indices)
+  held_out = collect_held_out(eval_step, params, batches, to_global, "video")
+  originals, recons, all_indices = (held_out[k] for k in ("originals", "recons", "indices"))
+  frame_psnr, frame_ssim = held_out["psnr"], held_out["ssim"]  # [N, T]
   usage = codebook_stats_by_group(all_indices, index_groups)
   metrics = {
       "num_clips": int(len(originals)),
