@@ -38,9 +38,12 @@ def has_words(model: nn.Module) -> bool:
           and getattr(model, "mlc_codebook", None) == "language")
 
 
-def token_words(model: nn.Module, indices: np.ndarray) -> list[list[str]]:
-  """Indices [B, Q, 3] -> per image, per token 'adjective+adjective noun'."""
-  words = model.make_quantizer(parent=None).words(np.asarray(indices))
+def token_words(model: nn.Module, indices: np.ndarray, temporal: bool = False
+                ) -> list[list[str]]:
+  """Indices [B, Q, 3] -> per image, per token 'adjective+adjective noun' (with
+  `temporal`, the video CQAE's temporal tokens: 'adverb+adverb verb')."""
+  quantizer = (model.make_temporal_quantizer if temporal else model.make_quantizer)(parent=None)
+  words = quantizer.words(np.asarray(indices))
   return [[f"{a}+{b} {n}" for a, b, n in image] for image in words]
 
 
@@ -58,11 +61,10 @@ def words_markdown(model: nn.Module, indices: np.ndarray,
 def temporal_words_markdown(model: nn.Module, indices: np.ndarray) -> str:
   """The video CQAE's temporal tokens [B, N, 3] (one per patch position, row-major), as
   a grid of 'adverb+adverb verb' per clip."""
-  words = model.make_temporal_quantizer(parent=None).words(np.asarray(indices))
-  side = int(round(len(words[0]) ** 0.5))
+  clips = token_words(model, indices, temporal=True)
+  side = int(round(len(clips[0]) ** 0.5))
   parts = []
-  for i, tokens in enumerate(words):
-    cells = [f"{a}+{b} {v}" for a, b, v in tokens]
+  for i, cells in enumerate(clips):
     rows = "\n".join("| " + " | ".join(cells[r * side:(r + 1) * side]) + " |" for r in range(side))
     header = "| " + " | ".join(f"x{c}" for c in range(side)) + " |\n|" + "---|" * side
     parts.append(f"**held-out clip {i}: temporal tokens by position**\n\n{header}\n{rows}\n")
