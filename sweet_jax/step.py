@@ -3,8 +3,15 @@
 Everything that depends on time (learning rate, loss weights, the rng) is
 derived from the step counter kept in the optimizer state, so a resumed run
 computes exactly what an uninterrupted one would.
+
+A train step updates, in one jitted function: the tokenizer (reconstruction,
+quantizer, perceptual and adversarial terms), its EMA, and the discriminator (hinge
+loss on the same step's reconstructions, LeCam regulariser) with its own optimizer.
+Frozen networks (LPIPS) come in as a separate, replicated argument, never as state.
 """
 
+import dataclasses
+import re
 from typing import Any, Callable, Mapping
 
 import flax
@@ -13,10 +20,19 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from sweet_jax import losses
 from sweet_jax.curriculum import group_hyperparams
+from sweet_jax.evaluate.lpips import LPIPS, pooled_vgg_features
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 from sweet_jax.evaluate.video import per_frame_metrics
-from sweet_jax.optim import Schedule, get_step
+from sweet_jax.optim import Schedule, get_step, map_with_path
+
+
+@flax.struct.dataclass
+class DiscriminatorState:
+  params: Any
+  opt_state: Any
+  logit_ema: jax.Array  # [2]: moving averages of the mean real and fake logits (LeCam)
 
 
 @flax.struct.dataclass
@@ -24,10 +40,29 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # raw uint32[2] key, folded with the step each update
+  ema_params: Any = None  # None when config.ema.decay == 0
+  disc: DiscriminatorState | None = None  # None without an adversarial loss
 
   @property
   def step(self) -> jax.Array:
     return get_step(self.opt_state)
+
+  @property
+  def eval_params(self) -> Any:
+    """What evaluation uses: the EMA weights when kept."""
+    return self.params if self.ema_params is None else self.ema_params
+
+
+@dataclasses.dataclass(frozen=True)
+class GanOptions:
+  """How the adversarial game is played (the networks and optimizer come separately)."""
+
+  lecam_weight: float = 0.0
+  lecam_decay: float = 0.999
+  disc_loss_weight: float = 1.0
+  adaptive_weight: bool = False
+  adaptive_max: float = 1e4
+  adaptive_layer: str = r"^decoder/smooth_pixels/"  # regex over parameter paths
 
 
 def images_to_model(images: jax.Array) -> jax.Array:
@@ -54,8 +89,40 @@ def _frames(x: jax.Array) -> jax.Array:
   return x.reshape((-1,) + x.shape[-3:])
 
 
+def _one_frame_per_clip(rng: jax.Array, *clips: jax.Array) -> list[jax.Array]:
+  """The same random frame of each clip in every argument ([B, T, ...] -> [B, ...]);
+  images pass through. The official SweetTokenizer scores its perceptual loss on one
+  random frame per clip."""
+  if clips[0].ndim == 4:
+    return list(clips)
+  b, t = clips[0].shape[:2]
+  picks = jax.random.randint(rng, (b,), 0, t)
+  return [x[jnp.arange(b), picks] for x in clips]
+
+
+def _layer_gradient(grads: Any, pattern: str) -> jax.Array:
+  """The gradient leaves whose paths match `pattern`, flattened into one vector."""
+  regex = re.compile(pattern)
+  picked = []
+  map_with_path(lambda path, g: picked.append(g.ravel()) if regex.search(path) else None, grads)
+  return jnp.concatenate(picked)
+
+
+def check_adaptive_layer(params: Any, pattern: str) -> None:
+  """Fails at start when config.gan.adaptive_layer matches no parameter."""
+  regex = re.compile(pattern)
+  paths = []
+  map_with_path(lambda path, _: paths.append(path), params)
+  if not any(regex.search(p) for p in paths):
+    raise ValueError(f"config.gan.adaptive_layer={pattern!r} matches no parameter; "
+                     f"the decoder's last layers are e.g. {[p for p in paths if 'decoder' in p][-3:]}")
+
+
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
-                 image_shape: tuple[int, ...]) -> Callable[[jax.Array], TrainState]:
+                 image_shape: tuple[int, ...], *, ema: bool = False,
+                 discriminator: nn.Module | None = None,
+                 disc_tx: optax.GradientTransformation | None = None
+                 ) -> Callable[[jax.Array], TrainState]:
   """rng -> TrainState with Linen-boxed (logically annotated) leaves.
 
   Evaluate it under `jax.eval_shape` for the abstract state and its shardings,
@@ -63,45 +130,96 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
   """
 
   def init(rng: jax.Array) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    params = model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
-    return TrainState(params=params, opt_state=tx.init(params), rng=state_rng)
+    init_rng, state_rng, disc_rng = jax.random.split(rng, 3)
+    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    params = model.init(init_rng, dummy)["params"]
+    disc = None
+    if discriminator is not None:
+      disc_params = discriminator.init(disc_rng, dummy)["params"]
+      disc = DiscriminatorState(params=disc_params, opt_state=disc_tx.init(disc_params),
+                                logit_ema=jnp.zeros([2], jnp.float32))
+    return TrainState(params=params, opt_state=tx.init(params), rng=state_rng,
+                      ema_params=params if ema else None, disc=disc)
 
   return init
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: Schedule, loss_weights: Mapping[str, Schedule],
-                    quantizer_mix: Schedule, quantizer_train: bool = True
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Returns train_step(state, batch) -> (state, metrics); batch["image"] or
-  batch["video"] is uint8. `quantizer_train=False` runs the quantizer as in evaluation
-  (no GCN dropout): for stages in which the codebook is frozen."""
+                    quantizer_mix: Schedule, quantizer_train: bool = True,
+                    perceptual: LPIPS | None = None,
+                    discriminator: nn.Module | None = None,
+                    disc_tx: optax.GradientTransformation | None = None,
+                    gan: GanOptions = GanOptions(), ema_decay: float = 0.0,
+                    ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
+  """Returns train_step(state, batch, frozen) -> (state, metrics); batch["image"] or
+  batch["video"] is uint8, frozen = {"lpips": params} when `perceptual` is given.
+
+  `quantizer_train=False` runs the quantizer as in evaluation (no GCN dropout): for
+  stages in which the codebook is frozen. `perceptual` / `discriminator` add the
+  "perceptual" / "adversarial" terms (weights from `loss_weights`); a state with a
+  discriminator but a step without one (a stage with no adversarial term) keeps the
+  discriminator's step count in line with a zero, inactive update.
+  """
   index_groups = model.index_groups()
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+  def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: dict[str, Any]):
     step = state.step
     rng = jax.random.fold_in(state.rng, step)
+    dropout_rng, frame_rng = jax.random.split(rng)
     images = model_input(model, batch)
-    weights = {name: fn(step) for name, fn in loss_weights.items()}
+    weights = {name: jnp.asarray(fn(step), jnp.float32) for name, fn in loss_weights.items()}
     mix = quantizer_mix(step)
 
-    def loss_fn(params):
+    def loss_terms(params):
       recon, aux = model.apply({"params": params}, images, mix, quantizer_train,
-                               rngs={"dropout": rng})
+                               rngs={"dropout": dropout_rng})
       terms = {
           "recon": jnp.mean(jnp.square(recon - images)),
           "commitment": aux["commitment_loss"],
           "codebook": aux["codebook_loss"],
           "entropy": aux["entropy_loss"],
       }
-      total = sum(weights[name] * value for name, value in terms.items())
-      return total, (recon, aux["indices"], terms)
+      if perceptual is not None:
+        fake, real = _one_frame_per_clip(frame_rng, recon, images)
+        terms["perceptual"] = jnp.mean(perceptual.apply({"params": frozen["lpips"]}, fake, real))
+      if discriminator is not None:
+        fake_logits = discriminator.apply({"params": state.disc.params}, recon)
+        terms["adversarial"] = losses.generator_adversarial_loss(fake_logits)
+      return terms, (recon, aux["indices"])
 
-    (loss, (recon, indices, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    terms, backward, (recon, indices) = jax.vjp(loss_terms, state.params, has_aux=True)
+    adaptive = discriminator is not None and gan.adaptive_weight
+    cotangent = {k: (jnp.zeros_like(weights[k]) if adaptive and k == "adversarial" else weights[k])
+                 for k in terms}
+    (grads,) = backward(cotangent)
+    effective = dict(cotangent)
+    metrics = {}
+    if adaptive:  # a second backward pass through the same forward, for the GAN term alone
+      (adv_grads,) = backward({k: jnp.asarray(k == "adversarial", jnp.float32) for k in terms})
+      scale = losses.adaptive_generator_weight(_layer_gradient(grads, gan.adaptive_layer),
+                                               _layer_gradient(adv_grads, gan.adaptive_layer),
+                                               gan.adaptive_max)
+      effective["adversarial"] = weights["adversarial"] * scale
+      grads = jax.tree.map(lambda g, a: g + effective["adversarial"] * a, grads, adv_grads)
+      metrics["adaptive_weight"] = scale
+    loss = sum(effective[k] * v for k, v in terms.items())
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {
+
+    ema_params = state.ema_params
+    if ema_params is not None:
+      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+      ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+    disc = state.disc
+    if disc is not None:
+      disc, disc_metrics = _discriminator_update(
+          discriminator, disc_tx, gan, disc, images, jax.lax.stop_gradient(recon),
+          playing=weights.get("adversarial", 0.0) > 0)
+      metrics.update(disc_metrics)
+
+    metrics.update({
         "loss": loss,
         **{f"loss_{name}": value for name, value in terms.items()},
         "psnr": jnp.mean(psnr(_frames(model_to_unit(recon)), _frames(model_to_unit(images)))),
@@ -109,19 +227,59 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         "param_norm": optax.tree.norm(params),
         "learning_rate": learning_rate(step),
         "quantizer_mix": mix,
+        **{f"weight_{k}": v for k, v in weights.items() if k in ("perceptual", "adversarial")},
         **codebook_stats_by_group(indices, index_groups),
         **group_hyperparams(opt_state),
-    }
-    return TrainState(params=params, opt_state=opt_state, rng=state.rng), metrics
+    })
+    new_state = TrainState(params=params, opt_state=opt_state, rng=state.rng,
+                           ema_params=ema_params, disc=disc)
+    return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[Any, dict], dict]:
-  """eval_step(params, batch) -> reconstructions in [0,1], PSNR/SSIM per image ([B]) or,
-  for clips, per frame ([B, T]), and the token indices."""
+def _discriminator_update(discriminator: nn.Module | None,
+                          disc_tx: optax.GradientTransformation, gan: GanOptions,
+                          disc: DiscriminatorState, real: jax.Array, fake: jax.Array,
+                          playing: jax.Array) -> tuple[DiscriminatorState, dict]:
+  """One discriminator update on this step's reals and (detached) reconstructions, or,
+  in a step without a discriminator, a zero update that only advances its step count."""
+  if discriminator is None:
+    zeros = jax.tree.map(jnp.zeros_like, disc.params)
+    _, opt_state = disc_tx.update(zeros, disc.opt_state, disc.params)
+    return disc.replace(opt_state=opt_state), {}
 
-  def eval_step(params, batch):
+  def disc_loss(params):
+    real_logits = discriminator.apply({"params": params}, real)
+    fake_logits = discriminator.apply({"params": params}, fake)
+    hinge = losses.hinge_discriminator_loss(real_logits, fake_logits)
+    lecam = losses.lecam_regularization(real_logits, fake_logits, disc.logit_ema[0],
+                                        disc.logit_ema[1])
+    total = gan.disc_loss_weight * hinge + gan.lecam_weight * lecam
+    means = jnp.stack([jnp.mean(real_logits), jnp.mean(fake_logits)])
+    return total, (hinge, lecam, means)
+
+  (total, (hinge, lecam, means)), grads = jax.value_and_grad(disc_loss, has_aux=True)(disc.params)
+  updates, opt_state = disc_tx.update(grads, disc.opt_state, disc.params)
+  logit_ema = jnp.where(playing, gan.lecam_decay * disc.logit_ema
+                        + (1.0 - gan.lecam_decay) * jax.lax.stop_gradient(means), disc.logit_ema)
+  new = DiscriminatorState(params=optax.apply_updates(disc.params, updates),
+                           opt_state=opt_state, logit_ema=logit_ema)
+  metrics = {"disc_loss": total, "disc_hinge": hinge, "disc_lecam": lecam,
+             "disc_real_logit": means[0], "disc_fake_logit": means[1],
+             "disc_grad_norm": optax.tree.norm(grads), **group_hyperparams(opt_state)}
+  return new, metrics
+
+
+def make_eval_step(model: nn.Module, perceptual: LPIPS | None = None,
+                   i3d: nn.Module | None = None) -> Callable[[Any, dict, dict], dict]:
+  """eval_step(params, batch, frozen) -> reconstructions in [0,1], PSNR/SSIM per image
+  ([B]) or, for clips, per frame ([B, T]), and the token indices; with `perceptual`
+  (frozen["lpips"]) also LPIPS (same shape) and pooled VGG16 features of originals and
+  reconstructions ([B, 512], per frame [B, T, 512]) for FD-VGG; with `i3d`
+  (frozen["i3d"], clips only) the I3D logits of both ([B, 400]) for rFVD."""
+
+  def eval_step(params, batch, frozen):
     inputs = model_input(model, batch)
     recon, aux = model.apply({"params": params}, inputs)
     recon, target = model_to_unit(recon), model_to_unit(inputs)
@@ -129,6 +287,19 @@ def make_eval_step(model: nn.Module) -> Callable[[Any, dict], dict]:
       frame_psnr, frame_ssim = per_frame_metrics(recon, target)
     else:
       frame_psnr, frame_ssim = psnr(recon, target), ssim(recon, target)
-    return {"recon": recon, "psnr": frame_psnr, "ssim": frame_ssim, "indices": aux["indices"]}
+    out = {"recon": recon, "psnr": frame_psnr, "ssim": frame_ssim, "indices": aux["indices"]}
+    if perceptual is not None:
+      lead = recon.shape[:-3]
+      fake, real = _frames(recon) * 2 - 1, _frames(target) * 2 - 1
+      lpips_params = {"params": frozen["lpips"]}
+      out["lpips"] = perceptual.apply(lpips_params, fake, real).reshape(lead)
+      for name, x in (("vgg_real", real), ("vgg_fake", fake)):
+        taps = perceptual.apply(lpips_params, x, method=LPIPS.trunk_features)
+        out[name] = pooled_vgg_features(taps).reshape(lead + (-1,))
+    if i3d is not None and "video" in batch:
+      from sweet_jax.evaluate.i3d import fvd_preprocess  # pylint: disable=g-import-not-at-top
+      for name, x in (("i3d_real", target), ("i3d_fake", recon)):
+        out[name] = i3d.apply(frozen["i3d"], fvd_preprocess(x))
+    return out
 
   return eval_step

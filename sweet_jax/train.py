@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -27,7 +28,10 @@ from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
 from sweet_jax.evaluate.video import evaluate_clip_reconstruction, write_mp4, write_video_summary
 from sweet_jax.models import build_model, model_class
 from sweet_jax.models.video_cqae import check_num_frames
-from sweet_jax.step import TrainState, make_eval_step, make_init_fn, make_train_step
+from sweet_jax.evaluate.lpips import LPIPS, load_lpips_params
+from sweet_jax.models.discriminator import PatchDiscriminator
+from sweet_jax.step import (GanOptions, TrainState, check_adaptive_layer, make_eval_step,
+                            make_init_fn, make_train_step)
 from sweet_jax.words import has_words, temporal_words_markdown, words_markdown
 
 
@@ -123,6 +127,7 @@ class Components:
   stage_steps: dict[str, Any]  # stage name -> jitted (state, batch) -> (state, metrics)
   eval_step: Any  # jitted (params, batch) -> per-image outputs
   rng: jax.Array
+  frozen: dict[str, Any]  # frozen networks' parameters (LPIPS, I3D), replicated
 
   @property
   def train_step(self) -> Any:
@@ -168,36 +173,132 @@ def build_components(config: ml_collections.ConfigDict,
       b2=config.optim.b2, eps=config.optim.eps, weight_decay=config.optim.weight_decay,
       clip_norm=config.optim.clip_norm,
       active=curriculum.active_schedules(stages, group_names) if len(stages) > 1 else None)
-  loss_weights = curriculum.loss_weight_schedules(stages)
+  loss_weights = adversarial_loss_weights(config, stages)
+  takes_clips = getattr(model, "takes_clips", False)
   input_shape = (config.data.image_size, config.data.image_size, 3)
-  if getattr(model, "takes_clips", False):
+  if takes_clips:
     input_shape = (config.model.num_frames,) + input_shape
+  perceptual = LPIPS(config.perceptual.network) if uses_term(stages, "perceptual") else None
+  discriminator = make_discriminator(config, takes_clips) if uses_term(stages, "adversarial") else None
+  disc_tx = make_discriminator_optimizer(config, loss_weights) if discriminator else None
+  eval_lpips = LPIPS("vgg16") if config.eval.lpips else None
+  eval_i3d = None
+  if config.eval.fvd and takes_clips:
+    from sweet_jax.evaluate.i3d import I3D  # pylint: disable=g-import-not-at-top
+    eval_i3d = I3D()
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init_fn = make_init_fn(model, tx, input_shape)
+    init_fn = make_init_fn(model, tx, input_shape, ema=config.ema.decay > 0,
+                           discriminator=discriminator, disc_tx=disc_tx)
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(init_fn, rng)
     state_sharding = parallel.logical_to_sharding(abstract, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
+  if discriminator is not None and config.gan.adaptive_weight:
+    check_adaptive_layer(abstract.params, config.gan.adaptive_layer)
+  frozen = load_frozen_networks(config, mesh, perceptual, eval_lpips, eval_i3d)
+  frozen_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), frozen)
+  gan = GanOptions(
+      lecam_weight=config.gan.lecam_weight, lecam_decay=config.gan.lecam_decay,
+      disc_loss_weight=config.gan.disc_loss_weight, adaptive_weight=config.gan.adaptive_weight,
+      adaptive_max=config.gan.adaptive_max, adaptive_layer=config.gan.adaptive_layer)
 
-  def jitted_step(quantizer_train: bool):
-    return jax.jit(
+  def jitted_step(variant: tuple[bool, bool, bool]):
+    quantizer_train, with_perceptual, with_gan = variant
+    step = jax.jit(
         make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
                         quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps),
-                        quantizer_train=quantizer_train),
-        in_shardings=(state_sharding, batch_sharding),
+                        quantizer_train=quantizer_train,
+                        perceptual=perceptual if with_perceptual else None,
+                        discriminator=discriminator if with_gan else None, disc_tx=disc_tx,
+                        gan=gan, ema_decay=config.ema.decay),
+        in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,))
+    return lambda state, batch: step(state, batch, frozen)
 
-  # One jitted function per quantizer mode: a stage switch compiles at most once (for
-  # the new batch shape or mode); stages alike share the compiled step.
-  steps_by_mode = {mode: jitted_step(mode) for mode in {trains_quantizer(s) for s in stages}}
-  stage_steps = {s.name: steps_by_mode[trains_quantizer(s)] for s in stages}
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, batch_sharding))
+  # One jitted function per variant (quantizer mode, perceptual and GAN terms on or off):
+  # a stage switch compiles at most once (for the new batch shape or variant); stages
+  # alike share the compiled step.
+  def variant(stage: curriculum.Stage) -> tuple[bool, bool, bool]:
+    weights = dict(stage.loss)
+    return (trains_quantizer(stage), perceptual is not None and weights["perceptual"] > 0,
+            discriminator is not None and weights["adversarial"] > 0)
+
+  steps_by_variant = {v: jitted_step(v) for v in {variant(s) for s in stages}}
+  stage_steps = {s.name: steps_by_variant[variant(s)] for s in stages}
+  eval_jitted = jax.jit(make_eval_step(model, eval_lpips, eval_i3d),
+                        in_shardings=(state_sharding.params, batch_sharding, frozen_sharding))
+  eval_step = lambda params, batch: eval_jitted(params, batch, frozen)
   return Components(mesh=mesh, rules=rules, model=model, tx=tx, init_fn=init_fn,
                     abstract_state=abstract, state_sharding=state_sharding,
                     batch_sharding=batch_sharding, stages=stages, stage_steps=stage_steps,
-                    eval_step=eval_step, rng=rng)
+                    eval_step=eval_step, rng=rng, frozen=frozen)
+
+
+def uses_term(stages: Sequence[curriculum.Stage], term: str) -> bool:
+  return any(dict(s.loss).get(term, 0.0) > 0 for s in stages)
+
+
+def adversarial_loss_weights(config: ml_collections.ConfigDict,
+                             stages: Sequence[curriculum.Stage]) -> dict[str, optim.Schedule]:
+  """The stages' loss weights, with the perceptual weight ramped in over
+  config.perceptual.warmup_steps and the adversarial weight 0 before config.gan.start_step."""
+  weights = curriculum.loss_weight_schedules(stages)
+  ramp = optim.linear_ramp(config.perceptual.warmup_steps)
+  base_perceptual, base_adversarial = weights["perceptual"], weights["adversarial"]
+  start = config.gan.start_step
+  weights["perceptual"] = lambda step: base_perceptual(step) * ramp(step)
+  weights["adversarial"] = lambda step: jnp.where(step >= start, base_adversarial(step), 0.0)
+  return weights
+
+
+def make_discriminator(config: ml_collections.ConfigDict, takes_clips: bool) -> nn.Module:
+  kind = config.gan.discriminator
+  if kind == "auto":
+    kind = "patchgan3d" if takes_clips else "patchgan2d"
+  if kind not in ("patchgan2d", "patchgan3d"):
+    raise ValueError(f"config.gan.discriminator={kind!r}; use auto, patchgan2d or patchgan3d")
+  if kind == "patchgan2d" and takes_clips:
+    raise ValueError("config.gan.discriminator='patchgan2d' cannot judge the clips of a video "
+                     "model; use patchgan3d (or auto)")
+  return PatchDiscriminator(width=config.gan.width, depth=config.gan.depth, norm=config.gan.norm,
+                            spatial_dims=3 if kind == "patchgan3d" else 2)
+
+
+def make_discriminator_optimizer(config: ml_collections.ConfigDict,
+                                 loss_weights: dict[str, optim.Schedule]
+                                 ) -> optax.GradientTransformation:
+  """The same gated chain as the tokenizer's, over one group: the discriminator learns
+  while the adversarial weight is > 0; its learning rate warms up from the GAN start. Its
+  step count advances every step (a zero update outside GAN stages), so it is the global
+  step."""
+  g = config.gan
+  warmup = optim.linear_ramp(g.warmup_steps)
+  schedule = lambda step: g.lr * warmup(jnp.maximum(step - g.start_step, 0))
+  playing = loss_weights["adversarial"]
+  return optim.make_optimizer(
+      schedule=schedule, groups=(("discriminator", ".*"),), lr_mult={}, b1=g.b1, b2=g.b2,
+      eps=config.optim.eps, weight_decay=g.weight_decay, clip_norm=g.clip_norm,
+      active={"discriminator": lambda step: (playing(step) > 0).astype(jnp.float32)})
+
+
+def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
+                         perceptual: nn.Module | None, eval_lpips: nn.Module | None,
+                         eval_i3d: nn.Module | None) -> dict[str, Any]:
+  """Parameters of the frozen networks, replicated over the mesh. The perceptual loss and
+  the LPIPS metric share one copy when both use VGG16."""
+  frozen = {}
+  if perceptual is not None or eval_lpips is not None:
+    if perceptual is not None and eval_lpips is not None and perceptual.network != "vgg16":
+      raise ValueError("config.perceptual.network must be vgg16 while config.eval.lpips is on "
+                       "(the metric is LPIPS-VGG16 and shares the weights)")
+    network = perceptual.network if perceptual is not None else "vgg16"
+    frozen["lpips"] = load_lpips_params(network, config.perceptual.weights)
+  if eval_i3d is not None:
+    from sweet_jax.evaluate.i3d import load_i3d_variables  # pylint: disable=g-import-not-at-top
+    frozen["i3d"] = load_i3d_variables(config.eval.i3d_weights)
+  return jax.device_put(frozen, parallel.replicated(mesh))
 
 
 def trains_quantizer(stage: curriculum.Stage) -> bool:
@@ -313,14 +414,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     def run_eval(step: int, prefix: str) -> Any:
       if takes_clips:
         result = evaluate_clip_reconstruction(
-            c.eval_step, state.params, eval_batches, to_global,
+            c.eval_step, state.eval_params, eval_batches, to_global,
             index_groups=c.model.index_groups(), num_grid_clips=config.num_summary_images,
             bits_per_clip=c.model.bits_per_clip)
         write_video_summary(writer, step, f"{prefix}/originals_recons", result.video)
         spatial_indices = result.grid_indices["spatial"]
       else:
         result = evaluate_reconstruction(
-            c.eval_step, state.params, eval_batches, to_global,
+            c.eval_step, state.eval_params, eval_batches, to_global,
             bits_per_image=c.model.bits_per_image, index_groups=c.model.index_groups(),
             num_grid_images=config.num_summary_images)
         writer.write_images(step, {f"{prefix}/originals_recons_thumbnails": result.grid[None]})

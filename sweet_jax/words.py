@@ -104,7 +104,7 @@ def read_run(workdir: str, step: int | None = None):
   with jax.set_mesh(components.mesh), nn.logical_axis_rules(components.rules):
     state = checkpointer.restore_state(step, components.restore_target())
   checkpointer.close()
-  return config, components, state.params, step
+  return config, components, state.eval_params, step
 
 
 def main(argv):

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
 from sweet_jax.evaluate.images import make_grid, to_uint8
+from sweet_jax.evaluate.frechet import FeatureStats, frechet_distance
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 
 
@@ -30,26 +31,70 @@ class ReconstructionResult:
   grid_indices: np.ndarray  # the token indices of the images in the grid
 
 
+# Per-example feature outputs of the eval step, paired into Fréchet distances.
+FEATURE_PAIRS = {"fd_vgg": ("vgg_real", "vgg_fake"), "rfvd": ("i3d_real", "i3d_fake")}
+_PER_EXAMPLE = ("psnr", "ssim", "lpips")
+
+
 def collect_held_out(eval_step: Callable[[Any, dict], dict], params: Any,
                      batches: Iterable[dict], to_global: Callable[[dict], dict],
-                     input_key: str) -> dict[str, Any]:
-  """Runs `eval_step` over every batch and keeps the real (unmasked) examples:
-  originals (uint8), reconstructions (uint8), psnr, ssim and indices (an array or a dict
-  of arrays), each concatenated over batches, on every host."""
-  parts = {"originals": [], "recons": [], "psnr": [], "ssim": [], "indices": []}
+                     input_key: str, *, keep: int | None = None,
+                     per_batch: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
+                     ) -> dict[str, Any]:
+  """Runs `eval_step` over every batch and keeps the real (unmasked) examples, streaming:
+  per-example psnr, ssim, lpips (when computed), indices and `per_batch(originals)`
+  outputs are concatenated over batches; feature pairs (VGG, I3D) are accumulated as
+  float64 moments (`FeatureStats` under "features"); originals and reconstructions
+  (uint8) are kept for the first `keep` examples only (None: all), so a 50k-image split
+  does not sit in host memory. The same on every host."""
+  parts: dict[str, list] = {k: [] for k in ("originals", "recons", "indices", *_PER_EXAMPLE)}
+  extra: dict[str, list] = {}
+  features: dict[str, FeatureStats] = {}
+  num_kept = count = 0
   for local_batch in batches:
     out = gather(eval_step(params, to_global(local_batch)))
     gathered = gather(to_global(local_batch))
     mask = gathered["mask"].astype(bool)
-    parts["originals"].append(gathered[input_key][mask])
-    parts["recons"].append(to_uint8(out["recon"][mask]))
-    parts["psnr"].append(out["psnr"][mask])
-    parts["ssim"].append(out["ssim"][mask])
+    originals = gathered[input_key][mask]
+    count += len(originals)
+    room = len(originals) if keep is None else max(0, min(len(originals), keep - num_kept))
+    num_kept += room
+    parts["originals"].append(originals[:room])
+    parts["recons"].append(to_uint8(out["recon"][mask][:room]))
     parts["indices"].append(jax.tree.map(lambda x: x[mask], out["indices"]))
-  if not sum(len(o) for o in parts["originals"]):
+    for name in _PER_EXAMPLE:
+      if name in out:
+        parts[name].append(out[name][mask])
+    for name in (n for pair in FEATURE_PAIRS.values() for n in pair if n in out):
+      values = out[name][mask]
+      features.setdefault(name, FeatureStats()).add(values.reshape(-1, values.shape[-1]))
+    for name, values in (per_batch(originals) if per_batch and len(originals) else {}).items():
+      extra.setdefault(name, []).append(values)
+  if not count:
     raise ValueError(f"the evaluation split yielded no valid examples ({input_key}: all "
                      "padding or skipped)")
-  return {k: jax.tree.map(lambda *xs: np.concatenate(xs), *v) for k, v in parts.items()}
+  held_out = {k: jax.tree.map(lambda *xs: np.concatenate(xs), *v) for k, v in parts.items() if v}
+  held_out.update({k: np.concatenate(v) for k, v in extra.items()})
+  held_out["features"] = features
+  held_out["count"] = count
+  return held_out
+
+
+def perceptual_metrics(held_out: dict[str, Any]) -> dict[str, float]:
+  """Mean LPIPS and the Fréchet distances of the feature pairs that were computed.
+
+  FD-VGG is the Fréchet distance between VGG16 relu5_3 features (LPIPS's trunk, averaged
+  over space) of originals and reconstructions: a perceptual statistic that works offline,
+  not comparable to FID. rFVD is on I3D logits; with few clips it is a pipeline check."""
+  metrics = {}
+  if "lpips" in held_out:
+    metrics["lpips"] = float(np.mean(held_out["lpips"]))
+  stats = held_out["features"]
+  for metric, (real, fake) in FEATURE_PAIRS.items():
+    if real in stats and fake in stats and stats[real].count >= 2:
+      metrics[metric] = frechet_distance(*stats[real].mean_and_covariance(),
+                                         *stats[fake].mean_and_covariance())
+  return metrics
 
 
 def evaluate_reconstruction(
@@ -59,24 +104,31 @@ def evaluate_reconstruction(
     num_grid_images: int) -> ReconstructionResult:
   """Scores every held-out image; codebook usage and perplexity per `index_groups`
   (the model's codebooks, e.g. one per part of speech for the language codebook)."""
-  held_out = collect_held_out(eval_step, params, batches, to_global, "image")
-  originals, recons, all_indices = (held_out[k] for k in ("originals", "recons", "indices"))
-
   side = thumbnail_side(bits_per_image)
-  thumbs = bicubic_thumbnail(originals, side)
   unit = lambda x: np.asarray(x, np.float32) / 255.0
+
+  def thumbnail_scores(originals: np.ndarray) -> dict[str, np.ndarray]:
+    thumbs = bicubic_thumbnail(originals, side)
+    return {"thumbnail_psnr": np.asarray(psnr(unit(thumbs), unit(originals))),
+            "thumbnail_ssim": np.asarray(ssim(unit(thumbs), unit(originals)))}
+
+  held_out = collect_held_out(eval_step, params, batches, to_global, "image",
+                              keep=num_grid_images, per_batch=thumbnail_scores)
+  originals, recons, all_indices = (held_out[k] for k in ("originals", "recons", "indices"))
+  side = thumbnail_side(bits_per_image)
   usage = codebook_stats_by_group(all_indices, index_groups)
   metrics = {
-      "num_images": int(len(originals)),
+      "num_images": held_out["count"],
       "psnr": float(np.mean(held_out["psnr"])),
       "ssim": float(np.mean(held_out["ssim"])),
+      **perceptual_metrics(held_out),
       **{name: float(value) for name, value in usage.items()},
       "bits_per_image": float(bits_per_image),
       "thumbnail_side": int(side),
       "thumbnail_bits": int(side * side * 3 * 8),
-      "thumbnail_psnr": float(np.mean(psnr(unit(thumbs), unit(originals)))),
-      "thumbnail_ssim": float(np.mean(ssim(unit(thumbs), unit(originals)))),
+      "thumbnail_psnr": float(np.mean(held_out["thumbnail_psnr"])),
+      "thumbnail_ssim": float(np.mean(held_out["thumbnail_ssim"])),
   }
-  n = min(num_grid_images, len(originals))
-  grid = make_grid([originals[:n], recons[:n], thumbs[:n]])
+  n = len(originals)
+  grid = make_grid([originals, recons, bicubic_thumbnail(originals, side)])
   return ReconstructionResult(metrics=metrics, grid=grid, grid_indices=all_indices[:n])

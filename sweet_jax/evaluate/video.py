@@ -16,7 +16,7 @@ import numpy as np
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
 from sweet_jax.evaluate.images import make_grid
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
-from sweet_jax.evaluate.reconstruction import collect_held_out
+from sweet_jax.evaluate.reconstruction import collect_held_out, perceptual_metrics
 
 
 def per_frame_metrics(recon: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -105,14 +105,29 @@ def evaluate_clip_reconstruction(
   bit-matched codec of the image evaluation: a bicubic thumbnail of every frame, the
   smallest whose bits over all frames are at least the tokens' bits.
   """
-  held_out = collect_held_out(eval_step, params, batches, to_global, "video")
+  side = None
+  unit = lambda x: np.asarray(x, np.float32) / 255.0
+
+  def thumbnail_scores(originals: np.ndarray) -> dict[str, np.ndarray]:
+    nonlocal side
+    num_frames = originals.shape[1]
+    side = thumbnail_side(bits_per_clip / num_frames)
+    frames = originals.reshape((-1,) + originals.shape[2:])
+    thumbs = bicubic_thumbnail(frames, side)
+    return {"thumbnail_psnr": np.asarray(psnr(unit(thumbs), unit(frames))),
+            "thumbnail_ssim": np.asarray(ssim(unit(thumbs), unit(frames)))}
+
+  held_out = collect_held_out(eval_step, params, batches, to_global, "video",
+                              keep=num_grid_clips,
+                              per_batch=thumbnail_scores if bits_per_clip is not None else None)
   originals, recons, all_indices = (held_out[k] for k in ("originals", "recons", "indices"))
   frame_psnr, frame_ssim = held_out["psnr"], held_out["ssim"]  # [N, T]
   usage = codebook_stats_by_group(all_indices, index_groups)
   metrics = {
-      "num_clips": int(len(originals)),
+      "num_clips": held_out["count"],
       "psnr": float(np.mean(frame_psnr)),
       "ssim": float(np.mean(frame_ssim)),
+      **perceptual_metrics(held_out),
       "first_frame_psnr": float(np.mean(frame_psnr[:, 0])),
       "psnr_per_frame": [round(float(v), 3) for v in np.mean(frame_psnr, axis=0)],
       "ssim_per_frame": [round(float(v), 4) for v in np.mean(frame_ssim, axis=0)],
@@ -121,15 +136,10 @@ def evaluate_clip_reconstruction(
   if frame_psnr.shape[1] > 1:  # Frames coded through the temporal tokens.
     metrics["later_frames_psnr"] = float(np.mean(frame_psnr[:, 1:]))
   if bits_per_clip is not None:
-    num_frames = originals.shape[1]
-    frames = originals.reshape((-1,) + originals.shape[2:])
-    side = thumbnail_side(bits_per_clip / num_frames)
-    unit = lambda x: np.asarray(x, np.float32) / 255.0
-    thumbs = bicubic_thumbnail(frames, side)
     metrics.update(bits_per_clip=float(bits_per_clip), thumbnail_side=int(side),
-                   thumbnail_bits=int(side * side * 3 * 8 * num_frames),
-                   thumbnail_psnr=float(np.mean(psnr(unit(thumbs), unit(frames)))),
-                   thumbnail_ssim=float(np.mean(ssim(unit(thumbs), unit(frames)))))
-  n = min(num_grid_clips, len(originals))
-  return ClipReconstructionResult(metrics=metrics, video=clip_grid([originals[:n], recons[:n]]),
+                   thumbnail_bits=int(side * side * 3 * 8 * originals.shape[1]),
+                   thumbnail_psnr=float(np.mean(held_out["thumbnail_psnr"])),
+                   thumbnail_ssim=float(np.mean(held_out["thumbnail_ssim"])))
+  n = len(originals)
+  return ClipReconstructionResult(metrics=metrics, video=clip_grid([originals, recons]),
                                   grid_indices=jax.tree.map(lambda x: x[:n], all_indices))

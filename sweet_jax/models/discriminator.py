@@ -1,0 +1,87 @@
+"""PatchGAN discriminators: 2-D for images (taming-transformers' NLayerDiscriminator) and
+3-D for clips (OmniTokenizer's NLayerDiscriminator3D, the one SweetTokenizer's decoder
+stage trains against; papers.md §1).
+
+    conv k4 s2 -> LeakyReLU(0.2)
+    (depth - 1) x [conv k4 s2 (width x 2^i, at most x8) -> norm -> LeakyReLU]
+    conv k4 s1 -> norm -> LeakyReLU -> conv k4 s1 -> 1 logit per patch
+
+Spatial kernels are 4 with padding 1, as the originals. Deviation (3-D): the temporal
+kernel is 3 with padding 1 instead of 4, so that a 17-frame clip, or the one-frame clips
+of an image stage, keep at least one temporal position after every layer (with 4, 17
+frames shrink to zero at depth 3).
+
+`norm="batch"` normalises over the batch and positions with the batch's own statistics
+and keeps no running averages: the discriminator only ever runs in training mode (as in
+taming and OmniTokenizer), so running statistics would never be read. Under data
+parallelism the mean is over the global batch (SyncBatchNorm), because the step is one
+jitted function over sharded arrays.
+"""
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sweet_jax.models.layers import param_init
+
+Norm = Literal["batch", "group", "none"]
+
+
+class BatchStatNorm(nn.Module):
+  """Normalisation with the current batch's statistics (no running averages)."""
+
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.var(x, axis=axes)
+    scale = self.param("scale", param_init(
+        lambda k, s: 1.0 + 0.02 * jax.random.normal(k, s), ("conv_out",)), (x.shape[-1],))
+    bias = self.param("bias", param_init(nn.initializers.zeros, ("conv_out",)), (x.shape[-1],))
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+
+
+class PatchDiscriminator(nn.Module):
+  """Per-patch real/fake logits of images [B, H, W, 3] (`spatial_dims=2`) or clips
+  [B, T, H, W, 3] (`spatial_dims=3`) in [-1, 1]."""
+
+  width: int = 64
+  depth: int = 3
+  norm: Norm = "batch"
+  spatial_dims: Literal[2, 3] = 2
+
+  def _conv(self, features: int, stride: int, use_bias: bool, name: str) -> nn.Conv:
+    kernel = (4, 4) if self.spatial_dims == 2 else (3, 4, 4)
+    padding = [(1, 1)] * len(kernel)
+    names = (None,) * len(kernel) + ("conv_in", "conv_out")
+    return nn.Conv(features, kernel, strides=stride, padding=padding, use_bias=use_bias,
+                   kernel_init=param_init(nn.initializers.normal(0.02), names),
+                   bias_init=param_init(nn.initializers.zeros, ("conv_out",)), name=name)
+
+  def _norm(self, x: jax.Array, name: str) -> jax.Array:
+    if self.norm == "batch":
+      return BatchStatNorm(name=name)(x)
+    if self.norm == "group":
+      return nn.GroupNorm(num_groups=min(32, x.shape[-1]), name=name,
+                          scale_init=param_init(nn.initializers.ones, ("conv_out",)),
+                          bias_init=param_init(nn.initializers.zeros, ("conv_out",)))(x)
+    if self.norm == "none":
+      return x
+    raise ValueError(f"unknown discriminator norm {self.norm!r}; use batch, group or none")
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != self.spatial_dims + 2:
+      raise ValueError(f"a {self.spatial_dims}-D discriminator takes "
+                       f"{self.spatial_dims + 2}-D inputs, got shape {x.shape}")
+    use_bias = self.norm == "none"  # a norm's bias replaces the conv's
+    x = nn.leaky_relu(self._conv(self.width, 2, True, "conv0")(x), 0.2)
+    for i in range(1, self.depth + 1):
+      stride = 2 if i < self.depth else 1
+      x = self._conv(self.width * min(2**i, 8), stride, use_bias, f"conv{i}")(x)
+      x = nn.leaky_relu(self._norm(x, f"norm{i}"), 0.2)
+    return self._conv(1, 1, True, "logits")(x)
