@@ -24,9 +24,9 @@ def runlocal(data_dir):
   return config
 
 
-def _saved_params(workdir, step):
+def _saved_state(workdir, step):
   path = os.path.join(workdir, "checkpoints", str(step), "state")
-  return ocp.StandardCheckpointer().restore(path)["params"]
+  return ocp.StandardCheckpointer().restore(path)
 
 
 def _saved_data_state(workdir, step):
@@ -38,6 +38,11 @@ def _saved_data_state(workdir, step):
 def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir,
                                                           monkeypatch, codebook_cache):
   config = runlocal(embedded_data_dir)  # 6 steps, checkpoint every 2
+  with config.unlocked():  # every piece of state a checkpoint must carry: EMA, discriminator
+    config.ema.decay = 0.9
+    config.loss.perceptual = 0.5
+    config.loss.adversarial = 0.1
+    config.gan.update(start_step=3, width=8, depth=2, lecam_weight=0.01)  # starts mid-run
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
 
   monkeypatch.chdir(tmp_path)
@@ -61,8 +66,10 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
   resumed = train_and_evaluate(config, resumed_dir)
   assert resumed["step"] == 6
   assert _saved_data_state(resumed_dir, 6) == _saved_data_state(full_dir, 6)
-  for a, b in zip(jax.tree.leaves(_saved_params(full_dir, 6)),
-                  jax.tree.leaves(_saved_params(resumed_dir, 6))):
+  full_state, resumed_state = _saved_state(full_dir, 6), _saved_state(resumed_dir, 6)
+  assert {"params", "opt_state", "ema_params", "disc"} <= set(full_state)
+  assert jax.tree.structure(full_state) == jax.tree.structure(resumed_state)
+  for a, b in zip(jax.tree.leaves(full_state), jax.tree.leaves(resumed_state)):
     np.testing.assert_array_equal(a, b)
   assert resumed["psnr"] == full["psnr"]
   assert not os.listdir(codebook_cache)
@@ -72,7 +79,7 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
   # The job's outputs.
   with open(os.path.join(full_dir, "metrics.json")) as f:
     metrics = json.load(f)
-  for key in ("psnr", "ssim", "thumbnail_psnr", "thumbnail_ssim", "codebook_adj_usage",
+  for key in ("psnr", "ssim", "lpips", "fd_vgg", "thumbnail_psnr", "thumbnail_ssim", "codebook_adj_usage",
               "codebook_adj_perplexity", "codebook_noun_usage", "codebook_noun_perplexity",
               "bits_per_image", "thumbnail_bits", "step"):
     assert key in metrics
