@@ -60,7 +60,7 @@ def benchmark(config, steps: int) -> dict:
     t = time.perf_counter()
     compiled = c.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
-    cost = compiled.cost_analysis()
+    cost = compiled.jitted.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0))
     for _ in range(2):

@@ -153,7 +153,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     gan: GanOptions = GanOptions(), ema_decay: float = 0.0,
                     ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch, frozen) -> (state, metrics); batch["image"] or
-  batch["video"] is uint8, frozen = {"lpips": params} when `perceptual` is given.
+  batch["video"] is uint8, frozen = {"perceptual": LPIPS params} when `perceptual` is given.
 
   `quantizer_train=False` runs the quantizer as in evaluation (no GCN dropout): for
   stages in which the codebook is frozen. `perceptual` / `discriminator` add the
@@ -182,7 +182,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       }
       if perceptual is not None:
         fake, real = _one_frame_per_clip(frame_rng, recon, images)
-        terms["perceptual"] = jnp.mean(perceptual.apply({"params": frozen["lpips"]}, fake, real))
+        terms["perceptual"] = jnp.mean(perceptual.apply({"params": frozen["perceptual"]}, fake,
+                                                         real))
       if discriminator is not None:
         fake_logits = discriminator.apply({"params": state.disc.params}, recon)
         terms["adversarial"] = losses.generator_adversarial_loss(fake_logits)

@@ -111,6 +111,33 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
+@dataclasses.dataclass(frozen=True)
+class BoundStep:
+  """A jitted function whose last argument, the frozen networks' parameters, is bound:
+  called as `(state, batch)` (or `(params, batch)`), lowered the same way."""
+
+  jitted: Any
+  frozen: dict[str, Any]
+
+  def __call__(self, *args):
+    return self.jitted(*args, self.frozen)
+
+  def lower(self, *args):
+    return _BoundLowered(self.jitted.lower(*args, self.frozen), self.frozen)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoundLowered:
+  lowered: Any
+  frozen: dict[str, Any]
+
+  def compile(self) -> "BoundStep":
+    return BoundStep(self.lowered.compile(), self.frozen)
+
+  def as_text(self) -> str:
+    return self.lowered.as_text()
+
+
 @dataclasses.dataclass
 class Components:
   """Everything a run needs besides data: mesh, model, optimizer, jitted steps."""
@@ -215,7 +242,7 @@ def build_components(config: ml_collections.ConfigDict,
         in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,))
-    return lambda state, batch: step(state, batch, frozen)
+    return BoundStep(step, frozen)
 
   # One jitted function per variant (quantizer mode, perceptual and GAN terms on or off):
   # a stage switch compiles at most once (for the new batch shape or variant); stages
@@ -229,7 +256,7 @@ def build_components(config: ml_collections.ConfigDict,
   stage_steps = {s.name: steps_by_variant[variant(s)] for s in stages}
   eval_jitted = jax.jit(make_eval_step(model, eval_lpips, eval_i3d),
                         in_shardings=(state_sharding.params, batch_sharding, frozen_sharding))
-  eval_step = lambda params, batch: eval_jitted(params, batch, frozen)
+  eval_step = BoundStep(eval_jitted, frozen)
   return Components(mesh=mesh, rules=rules, model=model, tx=tx, init_fn=init_fn,
                     abstract_state=abstract, state_sharding=state_sharding,
                     batch_sharding=batch_sharding, stages=stages, stage_steps=stage_steps,
@@ -286,15 +313,15 @@ def make_discriminator_optimizer(config: ml_collections.ConfigDict,
 def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
                          perceptual: nn.Module | None, eval_lpips: nn.Module | None,
                          eval_i3d: nn.Module | None) -> dict[str, Any]:
-  """Parameters of the frozen networks, replicated over the mesh. The perceptual loss and
-  the LPIPS metric share one copy when both use VGG16."""
+  """Parameters of the frozen networks, replicated over the mesh: "perceptual" (the loss's
+  LPIPS network), "lpips" (the LPIPS-VGG16 metric; the loss's copy when it is VGG16 too),
+  "i3d" (rFVD)."""
   frozen = {}
-  if perceptual is not None or eval_lpips is not None:
-    if perceptual is not None and eval_lpips is not None and perceptual.network != "vgg16":
-      raise ValueError("config.perceptual.network must be vgg16 while config.eval.lpips is on "
-                       "(the metric is LPIPS-VGG16 and shares the weights)")
-    network = perceptual.network if perceptual is not None else "vgg16"
-    frozen["lpips"] = load_lpips_params(network, config.perceptual.weights)
+  if perceptual is not None:
+    frozen["perceptual"] = load_lpips_params(perceptual.network, config.perceptual.weights)
+  if eval_lpips is not None:
+    same = perceptual is not None and perceptual.network == eval_lpips.network
+    frozen["lpips"] = frozen["perceptual"] if same else load_lpips_params(eval_lpips.network)
   if eval_i3d is not None:
     from sweet_jax.evaluate.i3d import load_i3d_variables  # pylint: disable=g-import-not-at-top
     frozen["i3d"] = load_i3d_variables(config.eval.i3d_weights)

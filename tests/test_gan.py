@@ -112,7 +112,7 @@ def test_gan_step_updates_generator_discriminator_and_ema(embedded_data_dir):
     recon, aux = c.model.apply({"params": params}, images, 1.0, True)
     terms = dict(recon=jnp.mean(jnp.square(recon - images)), commitment=aux["commitment_loss"],
                  codebook=aux["codebook_loss"], entropy=aux["entropy_loss"],
-                 perceptual=jnp.mean(lpips.apply({"params": c.frozen["lpips"]}, recon, images)))
+                 perceptual=jnp.mean(lpips.apply({"params": c.frozen["perceptual"]}, recon, images)))
     return sum(weights[k] * v for k, v in terms.items())
 
   def adversarial(params):
