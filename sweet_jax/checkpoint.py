@@ -44,6 +44,13 @@ class Checkpointer:
         force=force,
     )
 
+  def save_state(self, step: int, state: Any) -> None:
+    """Saves the train state alone (no data position): a checkpoint made outside a
+    training loop, e.g. imported weights to evaluate; training cannot resume from it."""
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                      force=True)
+    self.manager.wait_until_finished()
+
   def restore(self, step: int, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any:
     """Restores into `abstract_state` (ShapeDtypeStructs with shardings, any mesh).
 

@@ -273,12 +273,17 @@ def _discriminator_update(discriminator: nn.Module | None,
 
 
 def make_eval_step(model: nn.Module, perceptual: LPIPS | None = None,
-                   i3d: nn.Module | None = None) -> Callable[[Any, dict, dict], dict]:
+                   i3d: nn.Module | None = None, inception: nn.Module | None = None,
+                   real_features: bool = True) -> Callable[[Any, dict, dict], dict]:
   """eval_step(params, batch, frozen) -> reconstructions in [0,1], PSNR/SSIM per image
-  ([B]) or, for clips, per frame ([B, T]), and the token indices; with `perceptual`
-  (frozen["lpips"]) also LPIPS (same shape) and pooled VGG16 features of originals and
-  reconstructions ([B, 512], per frame [B, T, 512]) for FD-VGG; with `i3d`
-  (frozen["i3d"], clips only) the I3D logits of both ([B, 400]) for rFVD."""
+  ([B]) or, for clips, per frame ([B, T]), and the token indices. Optional frozen networks
+  add, for reconstructions ("_fake") and, with `real_features`, originals ("_real"; off
+  when cached reference statistics stand in for them):
+    perceptual (frozen["lpips"])   LPIPS (same shape as PSNR) and pooled VGG16 relu5_3
+                                   features `vgg_*` ([B, 512], per frame [B, T, 512]): FD-VGG
+    i3d (frozen["i3d"], clips)     I3D Kinetics-400 logits `i3d_*` ([B, 400]): rFVD
+    inception (frozen["inception"], images)  pool3 features `inception_*` ([B, 2048]): rFID
+  """
 
   def eval_step(params, batch, frozen):
     inputs = model_input(model, batch)
@@ -289,18 +294,22 @@ def make_eval_step(model: nn.Module, perceptual: LPIPS | None = None,
     else:
       frame_psnr, frame_ssim = psnr(recon, target), ssim(recon, target)
     out = {"recon": recon, "psnr": frame_psnr, "ssim": frame_ssim, "indices": aux["indices"]}
+    sides = (("real", target), ("fake", recon)) if real_features else (("fake", recon),)
     if perceptual is not None:
       lead = recon.shape[:-3]
-      fake, real = _frames(recon) * 2 - 1, _frames(target) * 2 - 1
       lpips_params = {"params": frozen["lpips"]}
-      out["lpips"] = perceptual.apply(lpips_params, fake, real).reshape(lead)
-      for name, x in (("vgg_real", real), ("vgg_fake", fake)):
-        taps = perceptual.apply(lpips_params, x, method=LPIPS.trunk_features)
-        out[name] = pooled_vgg_features(taps).reshape(lead + (-1,))
+      out["lpips"] = perceptual.apply(lpips_params, _frames(recon) * 2 - 1,
+                                      _frames(target) * 2 - 1).reshape(lead)
+      for side, x in sides:
+        taps = perceptual.apply(lpips_params, _frames(x) * 2 - 1, method=LPIPS.trunk_features)
+        out[f"vgg_{side}"] = pooled_vgg_features(taps).reshape(lead + (-1,))
     if i3d is not None and "video" in batch:
       from sweet_jax.evaluate.i3d import fvd_preprocess  # pylint: disable=g-import-not-at-top
-      for name, x in (("i3d_real", target), ("i3d_fake", recon)):
-        out[name] = i3d.apply(frozen["i3d"], fvd_preprocess(x))
+      for side, x in sides:
+        out[f"i3d_{side}"] = i3d.apply(frozen["i3d"], fvd_preprocess(x))
+    if inception is not None and "video" not in batch:
+      for side, x in sides:
+        out[f"inception_{side}"] = inception.apply(frozen["inception"], x)
     return out
 
   return eval_step

@@ -23,6 +23,7 @@ import ml_collections
 from sweet_jax import curriculum, optim, parallel
 from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
 from sweet_jax.data import pipeline
+from sweet_jax.evaluate.evaluator import evaluate_params
 from sweet_jax.evaluate.images import save_png
 from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
 from sweet_jax.evaluate.video import evaluate_clip_reconstruction, write_mp4, write_video_summary
@@ -154,7 +155,10 @@ class Components:
   stage_steps: dict[str, Any]  # stage name -> jitted (state, batch) -> (state, metrics)
   eval_step: Any  # jitted (params, batch) -> per-image outputs
   rng: jax.Array
-  frozen: dict[str, Any]  # frozen networks' parameters (LPIPS, I3D), replicated
+  frozen: dict[str, Any]  # frozen networks' parameters (LPIPS, I3D, Inception), replicated
+  # real_features -> an eval step; without the originals' features when cached
+  # reference statistics replace them (the evaluator).
+  make_eval_step: Callable[[bool], Any]
 
   @property
   def train_step(self) -> Any:
@@ -209,10 +213,13 @@ def build_components(config: ml_collections.ConfigDict,
   discriminator = make_discriminator(config, takes_clips) if uses_term(stages, "adversarial") else None
   disc_tx = make_discriminator_optimizer(config, loss_weights) if discriminator else None
   eval_lpips = LPIPS("vgg16") if config.eval.lpips else None
-  eval_i3d = None
+  eval_i3d = eval_inception = None
   if config.eval.fvd and takes_clips:
     from sweet_jax.evaluate.i3d import I3D  # pylint: disable=g-import-not-at-top
     eval_i3d = I3D()
+  if config.eval.inception_weights and not takes_clips:
+    from sweet_jax.evaluate.inception import FIDInceptionV3  # pylint: disable=g-import-not-at-top
+    eval_inception = FIDInceptionV3()
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     init_fn = make_init_fn(model, tx, input_shape, ema=config.ema.decay > 0,
@@ -223,7 +230,7 @@ def build_components(config: ml_collections.ConfigDict,
   batch_sharding = parallel.batch_sharding(mesh, rules)
   if discriminator is not None and config.gan.adaptive_weight:
     check_adaptive_layer(abstract.params, config.gan.adaptive_layer)
-  frozen = load_frozen_networks(config, mesh, perceptual, eval_lpips, eval_i3d)
+  frozen = load_frozen_networks(config, mesh, perceptual, eval_lpips, eval_i3d, eval_inception)
   frozen_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), frozen)
   gan = GanOptions(
       lecam_weight=config.gan.lecam_weight, lecam_decay=config.gan.lecam_decay,
@@ -254,13 +261,17 @@ def build_components(config: ml_collections.ConfigDict,
 
   steps_by_variant = {v: jitted_step(v) for v in {variant(s) for s in stages}}
   stage_steps = {s.name: steps_by_variant[variant(s)] for s in stages}
-  eval_jitted = jax.jit(make_eval_step(model, eval_lpips, eval_i3d),
-                        in_shardings=(state_sharding.params, batch_sharding, frozen_sharding))
-  eval_step = BoundStep(eval_jitted, frozen)
+
+  def jitted_eval_step(real_features: bool = True) -> BoundStep:
+    step = make_eval_step(model, eval_lpips, eval_i3d, eval_inception, real_features)
+    return BoundStep(jax.jit(step, in_shardings=(state_sharding.params, batch_sharding,
+                                                 frozen_sharding)), frozen)
+
   return Components(mesh=mesh, rules=rules, model=model, tx=tx, init_fn=init_fn,
                     abstract_state=abstract, state_sharding=state_sharding,
                     batch_sharding=batch_sharding, stages=stages, stage_steps=stage_steps,
-                    eval_step=eval_step, rng=rng, frozen=frozen)
+                    eval_step=jitted_eval_step(), rng=rng, frozen=frozen,
+                    make_eval_step=jitted_eval_step)
 
 
 def uses_term(stages: Sequence[curriculum.Stage], term: str) -> bool:
@@ -312,10 +323,11 @@ def make_discriminator_optimizer(config: ml_collections.ConfigDict,
 
 def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
                          perceptual: nn.Module | None, eval_lpips: nn.Module | None,
-                         eval_i3d: nn.Module | None) -> dict[str, Any]:
+                         eval_i3d: nn.Module | None,
+                         eval_inception: nn.Module | None) -> dict[str, Any]:
   """Parameters of the frozen networks, replicated over the mesh: "perceptual" (the loss's
   LPIPS network), "lpips" (the LPIPS-VGG16 metric; the loss's copy when it is VGG16 too),
-  "i3d" (rFVD)."""
+  "i3d" (rFVD), "inception" (rFID, from the user's config.eval.inception_weights)."""
   frozen = {}
   if perceptual is not None:
     frozen["perceptual"] = load_lpips_params(perceptual.network, config.perceptual.weights)
@@ -325,6 +337,9 @@ def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
   if eval_i3d is not None:
     from sweet_jax.evaluate.i3d import load_i3d_variables  # pylint: disable=g-import-not-at-top
     frozen["i3d"] = load_i3d_variables(config.eval.i3d_weights)
+  if eval_inception is not None:
+    from sweet_jax.evaluate.inception import load_inception_variables  # pylint: disable=g-import-not-at-top
+    frozen["inception"] = load_inception_variables(config.eval.inception_weights)
   return jax.device_put(frozen, parallel.replicated(mesh))
 
 
@@ -484,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_secs=30.0)
     history: list[dict[str, Any]] = []
+    evaluator_steps: dict[bool, Any] = {}  # compiled once for the periodic evaluator
     train_start = time.time()
     while step < last_step:
       index = curriculum.stage_index(stages, step)
@@ -506,6 +522,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    f"(stage {stage.name!r}): {scalars}")
       if step % config.summary_every_steps == 0 and step != stage.end:
         run_eval(step, "eval")
+      if config.eval.every_steps and step % config.eval.every_steps == 0:
+        evaluate_params(config, c, state.eval_params, step, dataset=config.eval.dataset,
+                        split=config.eval.split, workdir=workdir, writer=writer,
+                        eval_steps=evaluator_steps)
       if has_curriculum and step == stage.end:
         end_of_stage(stage, step)
       checkpointer.save(step, state, train_iter, force=step in (last_step, stage.end))

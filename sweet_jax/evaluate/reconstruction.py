@@ -29,10 +29,12 @@ class ReconstructionResult:
   metrics: dict[str, float]
   grid: np.ndarray  # originals above reconstructions above thumbnails, uint8 HWC
   grid_indices: np.ndarray  # the token indices of the images in the grid
+  features: dict[str, FeatureStats]  # feature moments by name (e.g. "vgg_real")
 
 
 # Per-example feature outputs of the eval step, paired into Fréchet distances.
-FEATURE_PAIRS = {"fd_vgg": ("vgg_real", "vgg_fake"), "rfvd": ("i3d_real", "i3d_fake")}
+FEATURE_PAIRS = {"fd_vgg": ("vgg_real", "vgg_fake"), "rfvd": ("i3d_real", "i3d_fake"),
+                 "rfid": ("inception_real", "inception_fake")}
 _PER_EXAMPLE = ("psnr", "ssim", "lpips")
 
 
@@ -80,20 +82,32 @@ def collect_held_out(eval_step: Callable[[Any, dict], dict], params: Any,
   return held_out
 
 
-def perceptual_metrics(held_out: dict[str, Any]) -> dict[str, float]:
-  """Mean LPIPS and the Fréchet distances of the feature pairs that were computed.
+def perceptual_metrics(held_out: dict[str, Any],
+                       reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                       ) -> dict[str, float]:
+  """Mean LPIPS and the Fréchet distances of the feature pairs that were computed; the
+  originals' side comes from `reference` (name -> (mean, covariance), cached statistics)
+  where given, else from this pass.
 
   FD-VGG is the Fréchet distance between VGG16 relu5_3 features (LPIPS's trunk, averaged
   over space) of originals and reconstructions: a perceptual statistic that works offline,
-  not comparable to FID. rFVD is on I3D logits; with few clips it is a pipeline check."""
+  not comparable to FID. rFVD is on I3D logits, rFID on FID-InceptionV3 pool3 features;
+  with few examples (rank-deficient covariances) they are pipeline checks."""
   metrics = {}
   if "lpips" in held_out:
     metrics["lpips"] = float(np.mean(held_out["lpips"]))
   stats = held_out["features"]
+  reference = reference or {}
   for metric, (real, fake) in FEATURE_PAIRS.items():
-    if real in stats and fake in stats and stats[real].count >= 2:
-      metrics[metric] = frechet_distance(*stats[real].mean_and_covariance(),
-                                         *stats[fake].mean_and_covariance())
+    if fake not in stats or stats[fake].count < 2:
+      continue
+    if real in reference:
+      real_moments = reference[real]
+    elif real in stats:
+      real_moments = stats[real].mean_and_covariance()
+    else:
+      continue
+    metrics[metric] = frechet_distance(*real_moments, *stats[fake].mean_and_covariance())
   return metrics
 
 
@@ -101,9 +115,10 @@ def evaluate_reconstruction(
     eval_step: Callable[[Any, dict], dict], params: Any, batches: Iterable[dict],
     to_global: Callable[[dict], dict], *, bits_per_image: float,
     index_groups: dict[str, tuple[tuple[int, ...] | None, int]],
-    num_grid_images: int) -> ReconstructionResult:
+    num_grid_images: int, reference: dict | None = None) -> ReconstructionResult:
   """Scores every held-out image; codebook usage and perplexity per `index_groups`
-  (the model's codebooks, e.g. one per part of speech for the language codebook)."""
+  (the model's codebooks, e.g. one per part of speech for the language codebook);
+  `reference` as `perceptual_metrics`."""
   side = thumbnail_side(bits_per_image)
   unit = lambda x: np.asarray(x, np.float32) / 255.0
 
@@ -121,7 +136,7 @@ def evaluate_reconstruction(
       "num_images": held_out["count"],
       "psnr": float(np.mean(held_out["psnr"])),
       "ssim": float(np.mean(held_out["ssim"])),
-      **perceptual_metrics(held_out),
+      **perceptual_metrics(held_out, reference),
       **{name: float(value) for name, value in usage.items()},
       "bits_per_image": float(bits_per_image),
       "thumbnail_side": int(side),
@@ -131,4 +146,5 @@ def evaluate_reconstruction(
   }
   n = len(originals)
   grid = make_grid([originals, recons, bicubic_thumbnail(originals, side)])
-  return ReconstructionResult(metrics=metrics, grid=grid, grid_indices=all_indices[:n])
+  return ReconstructionResult(metrics=metrics, grid=grid, grid_indices=all_indices[:n],
+                              features=held_out["features"])

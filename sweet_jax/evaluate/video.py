@@ -89,12 +89,14 @@ class ClipReconstructionResult:
   metrics: dict[str, Any]
   video: np.ndarray  # [T, H', W', 3] uint8: originals above reconstructions
   grid_indices: Any  # the token indices of the clips in the video (per branch)
+  features: dict[str, Any]  # FeatureStats by name (e.g. "i3d_real")
 
 
 def evaluate_clip_reconstruction(
     eval_step: Callable[[Any, dict], dict], params: Any, batches: Iterable[dict],
     to_global: Callable[[dict], dict], *, index_groups: dict,
-    num_grid_clips: int, bits_per_clip: float | None = None) -> ClipReconstructionResult:
+    num_grid_clips: int, bits_per_clip: float | None = None,
+    reference: dict | None = None) -> ClipReconstructionResult:
   """Scores every held-out clip (padding clips, and clips the pipeline skipped, are masked
   out): mean and per-frame PSNR/SSIM, codebook usage and perplexity per branch and part
   of speech.
@@ -103,7 +105,8 @@ def evaluate_clip_reconstruction(
   `ssim` [b, T], and `indices` (an array, or a dict of arrays per token branch, as
   `index_groups`). With `bits_per_clip`, the clips are also scored against the
   bit-matched codec of the image evaluation: a bicubic thumbnail of every frame, the
-  smallest whose bits over all frames are at least the tokens' bits.
+  smallest whose bits over all frames are at least the tokens' bits. `reference` as
+  `perceptual_metrics`.
   """
   side = None
   unit = lambda x: np.asarray(x, np.float32) / 255.0
@@ -127,7 +130,7 @@ def evaluate_clip_reconstruction(
       "num_clips": held_out["count"],
       "psnr": float(np.mean(frame_psnr)),
       "ssim": float(np.mean(frame_ssim)),
-      **perceptual_metrics(held_out),
+      **perceptual_metrics(held_out, reference),
       "first_frame_psnr": float(np.mean(frame_psnr[:, 0])),
       "psnr_per_frame": [round(float(v), 3) for v in np.mean(frame_psnr, axis=0)],
       "ssim_per_frame": [round(float(v), 4) for v in np.mean(frame_ssim, axis=0)],
@@ -142,4 +145,5 @@ def evaluate_clip_reconstruction(
                    thumbnail_ssim=float(np.mean(held_out["thumbnail_ssim"])))
   n = len(originals)
   return ClipReconstructionResult(metrics=metrics, video=clip_grid([originals, recons]),
-                                  grid_indices=jax.tree.map(lambda x: x[:n], all_indices))
+                                  grid_indices=jax.tree.map(lambda x: x[:n], all_indices),
+                                  features=held_out["features"])
