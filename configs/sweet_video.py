@@ -113,12 +113,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   image_batch = ml_collections.FieldReference(32)
   clip_batch = ml_collections.FieldReference(8)
   no_quantizer_loss = dict(commitment=0.0, codebook=0.0, entropy=0.0)
+  # The decoder stage adds perceptual (0.1) and 3-D PatchGAN terms, as the official recipe
+  # (papers.md §1.6: ConvNeXt perceptual 0.1, there; LPIPS here, no ConvNeXt offline). On
+  # CPU: LPIPS-AlexNet, a 16-wide discriminator and the adaptive weight (as the image
+  # comparison in the README); at UCF-101 size the official fixed weight 0.01.
+  decoder_adversarial = ml_collections.FieldReference(0.1)
+  c.perceptual.network = "alexnet"
+  c.gan.update(width=16, adaptive_weight=True, lecam_weight=0.001)
   c.curriculum = ml_collections.ConfigDict(dict(
       order=("spatial", "temporal", "decoder"),
       stages=ml_collections.ConfigDict(dict(
           spatial=_stage(spatial_steps, "image", SPATIAL_GROUPS, image_batch),
           temporal=_stage(temporal_steps, "video", ALL_GROUPS, clip_batch),
-          decoder=_stage(decoder_steps, "video", ("decoder",), clip_batch, **no_quantizer_loss),
+          decoder=_stage(decoder_steps, "video", ("decoder",), clip_batch, **no_quantizer_loss,
+                         perceptual=0.1, adversarial=decoder_adversarial),
           joint=_stage(spatial_steps + temporal_steps + decoder_steps, "video", ALL_GROUPS,
                        clip_batch),
       )),
@@ -158,6 +166,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    codebook_size=16384, temporal_codebook_size=16384,
                    cosine_attention=True, rope=True, cross_null_kv=2, attention_prior=False)
     c.codebook.sizes.update(adj=5078, noun=5403, adv=1872, verb=9267)
+    decoder_adversarial.set(0.01)
+    c.perceptual.network = "vgg16"
+    c.gan.update(width=64, adaptive_weight=False, lecam_weight=0.0)
     c.data.update(name="imagenet2012", train_split="train", eval_split="validation",
                   crop_min_scale=0.8, color_jitter=0.0,
                   eval_preprocess="resize_shorter_center_crop",

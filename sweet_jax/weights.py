@@ -67,6 +67,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """A flat `.npz` as {name: array}; object arrays (which need pickle) are refused."""
   path = os.fspath(path)
   _require_file(path)
+  if not zipfile.is_zipfile(path):  # np.load would take it for a .npy or a pickle
+    raise ValueError(f"{path}: not a readable .npz (not a zip archive)")
   try:
     with np.load(path, allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
