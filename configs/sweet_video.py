@@ -158,6 +158,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 1
     c.summary_every_steps = 100
     c.checkpoint_every_steps = 100  # stage ends and interruptions are saved anyway
+    c.eval.fvd = False  # I3D at 224x224 would dominate a test's evaluations
   else:  # UCF-101 production sizes (papers.md §1.2, §1.6).
     image_size.set(256)
     c.model.update(width=512, num_heads=8, encoder_depth=8, decoder_depth=8,

@@ -25,12 +25,12 @@ from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
 from sweet_jax.data import pipeline
 from sweet_jax.evaluate.evaluator import evaluate_params
 from sweet_jax.evaluate.images import save_png
+from sweet_jax.evaluate.lpips import LPIPS, load_lpips_params
 from sweet_jax.evaluate.reconstruction import evaluate_reconstruction
 from sweet_jax.evaluate.video import evaluate_clip_reconstruction, write_mp4, write_video_summary
 from sweet_jax.models import build_model, model_class
-from sweet_jax.models.video_cqae import check_num_frames
-from sweet_jax.evaluate.lpips import LPIPS, load_lpips_params
 from sweet_jax.models.discriminator import PatchDiscriminator
+from sweet_jax.models.video_cqae import check_num_frames
 from sweet_jax.step import (GanOptions, TrainState, check_adaptive_layer, make_eval_step,
                             make_init_fn, make_train_step)
 from sweet_jax.words import has_words, temporal_words_markdown, words_markdown
@@ -204,7 +204,7 @@ def build_components(config: ml_collections.ConfigDict,
       b2=config.optim.b2, eps=config.optim.eps, weight_decay=config.optim.weight_decay,
       clip_norm=config.optim.clip_norm,
       active=curriculum.active_schedules(stages, group_names) if len(stages) > 1 else None)
-  loss_weights = adversarial_loss_weights(config, stages)
+  loss_weights = gated_loss_weights(config, stages)
   takes_clips = getattr(model, "takes_clips", False)
   input_shape = (config.data.image_size, config.data.image_size, 3)
   if takes_clips:
@@ -278,8 +278,8 @@ def uses_term(stages: Sequence[curriculum.Stage], term: str) -> bool:
   return any(dict(s.loss).get(term, 0.0) > 0 for s in stages)
 
 
-def adversarial_loss_weights(config: ml_collections.ConfigDict,
-                             stages: Sequence[curriculum.Stage]) -> dict[str, optim.Schedule]:
+def gated_loss_weights(config: ml_collections.ConfigDict,
+                       stages: Sequence[curriculum.Stage]) -> dict[str, optim.Schedule]:
   """The stages' loss weights, with the perceptual weight ramped in over
   config.perceptual.warmup_steps and the adversarial weight 0 before config.gan.start_step."""
   weights = curriculum.loss_weight_schedules(stages)

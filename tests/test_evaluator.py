@@ -102,6 +102,7 @@ def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
     config.video_data.data_dir = clips_data_dir
     config.data.data_dir = clips_data_dir
     config.eval.reference_cache = str(tmp_path / "reference")
+    config.eval.fvd = True  # off in runlocal
   workdir = str(tmp_path / "run")
   _save_initial_state(config, workdir, step=1)
 
