@@ -55,6 +55,18 @@ def test_ssim_matches_skimage_and_tf():
   assert len(set(np.round(ours, 3))) == len(ours)  # The cases are not degenerate.
 
 
+def test_psnr_and_ssim_match_skimage_on_random_images():
+  rng = np.random.default_rng(3)
+  x = rng.uniform(size=(3, 24, 20, 3)).astype(np.float32)
+  y = np.clip(x + rng.normal(0, 0.2, x.shape), 0, 1).astype(np.float32)
+  sk_psnr = [skimage.metrics.peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(x, y)]
+  np.testing.assert_allclose(metrics.psnr(x, y), sk_psnr, rtol=1e-5)
+  sk_ssim = [skimage.metrics.structural_similarity(
+      a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+      channel_axis=-1) for a, b in zip(x, y)]
+  np.testing.assert_allclose(metrics.ssim(x, y), sk_ssim, atol=1e-4)
+
+
 def test_ssim_identical_is_one_and_small_images_raise():
   clean, _ = _photo_pairs()
   np.testing.assert_allclose(metrics.ssim(clean, clean), 1.0, atol=1e-5)

@@ -43,6 +43,8 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
     config.loss.perceptual = 0.5
     config.loss.adversarial = 0.1
     config.gan.update(start_step=3, width=8, depth=2, lecam_weight=0.01)  # starts mid-run
+    config.eval.every_steps = 3  # the evaluator from the trainer
+    config.eval.reference_cache = str(tmp_path / "reference")
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
 
   monkeypatch.chdir(tmp_path)
@@ -84,6 +86,11 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
               "bits_per_image", "thumbnail_bits", "step"):
     assert key in metrics
   assert metrics["thumbnail_bits"] >= metrics["bits_per_image"]
+  with open(os.path.join(full_dir, "eval_6.json")) as f:  # the periodic evaluator, at 3 and 6
+    periodic = json.load(f)
+  assert periodic["step"] == 6 and periodic["reference_statistics"] == "cached"
+  np.testing.assert_allclose(periodic["metrics"]["fd_vgg"], metrics["fd_vgg"], rtol=1e-6)
+  assert os.path.exists(os.path.join(full_dir, "eval_3.json"))
   assert os.path.getsize(os.path.join(full_dir, "recon_grid.png")) > 0
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(full_dir))
   words = set(run_codebook.spatial.words)
