@@ -5,11 +5,13 @@ same parameters, optimizer moments, step counter *and* data position. Saves are
 asynchronous; the manager keeps the newest `max_to_keep` steps.
 """
 
+import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from flax import linen as nn
 
 
 class Checkpointer:
@@ -82,3 +84,20 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings: restore lands already sharded."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
+
+
+def restore_run_state(workdir: str, components: Any, step: int | None = None, *,
+                      purpose: str = "") -> tuple[Any, int]:
+  """(train state, step) of `workdir`'s checkpoint (latest, or `step`), restored onto
+  `components`' mesh without a data iterator: for readouts and evaluation. `purpose`
+  ends the error message when there is no checkpoint (e.g. " to evaluate")."""
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1,
+                              save_interval_steps=1)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    checkpointer.close()
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints{purpose}")
+  with jax.set_mesh(components.mesh), nn.logical_axis_rules(components.rules):
+    state = checkpointer.restore_state(step, components.restore_target())
+  checkpointer.close()
+  return state, step

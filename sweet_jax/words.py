@@ -85,10 +85,9 @@ def load_image(path: str, size: int) -> np.ndarray:
 
 def read_run(workdir: str, step: int | None = None):
   """(config, components, params, step) of a run's checkpoint, on this host's devices."""
-  import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from sweet_jax import train  # pylint: disable=g-import-not-at-top
-  from sweet_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from sweet_jax.checkpoint import restore_run_state  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
@@ -96,14 +95,7 @@ def read_run(workdir: str, step: int | None = None):
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   components = train.build_components(config, workdir=workdir)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1,
-                              save_interval_steps=1)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  with jax.set_mesh(components.mesh), nn.logical_axis_rules(components.rules):
-    state = checkpointer.restore_state(step, components.restore_target())
-  checkpointer.close()
+  state, step = restore_run_state(workdir, components, step)
   return config, components, state.eval_params, step
 
 

@@ -163,20 +163,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """Restores `workdir`'s checkpoint (latest, or `step`) and evaluates its EMA weights
   (or its weights when the run keeps no EMA)."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from sweet_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from sweet_jax.checkpoint import restore_run_state  # pylint: disable=g-import-not-at-top
   from sweet_jax.train import build_components, validate_config  # pylint: disable=g-import-not-at-top
   validate_config(config, jax.device_count())
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)
   c = build_components(config, workdir=workdir)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1,
-                              save_interval_steps=1)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
-    state = checkpointer.restore_state(step, c.restore_target())
-  checkpointer.close()
+  state, step = restore_run_state(workdir, c, step, purpose=" to evaluate")
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   record = evaluate_params(config, c, state.eval_params, step, dataset=dataset, split=split,
                            workdir=workdir, writer=writer)
