@@ -134,3 +134,24 @@ def test_gan_needs_a_real_adaptive_layer_and_discriminator(embedded_data_dir):
   config = _gan_config(embedded_data_dir, discriminator="stylegan")
   with pytest.raises(ValueError, match="config.gan.discriminator='stylegan'"):
     build_components(config)
+
+
+@pytest.mark.parametrize("frames,stride", [(17, 2), (9, 1), (1, 2), (2, 2)])
+def test_temporal_tap_conv_is_the_3d_convolution(frames, stride):
+  """Same parameters, same initial values and same outputs and gradients as nn.Conv 3-D."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from sweet_jax.models.discriminator import TemporalTapConv  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, frames, 12, 12, 5))
+  taps = TemporalTapConv(7, (3, 4, 4), stride, use_bias=True)
+  conv = nn.Conv(7, (3, 4, 4), strides=stride, padding=[(1, 1)] * 3,
+                 kernel_init=nn.initializers.normal(0.02))
+  params = nn.unbox(taps.init(jax.random.key(1), x))
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, conv.init(jax.random.key(1), x))
+  np.testing.assert_array_equal(params["params"]["kernel"],
+                                conv.init(jax.random.key(1), x)["params"]["kernel"])
+  params["params"]["bias"] = jax.random.normal(jax.random.key(2), (7,))
+  np.testing.assert_allclose(taps.apply(params, x), conv.apply(params, x), atol=1e-5)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(taps), argnums=(0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(conv), argnums=(0, 1))(params, x))):
+    np.testing.assert_allclose(a, b, atol=1e-4)

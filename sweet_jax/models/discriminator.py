@@ -23,6 +23,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 from sweet_jax.models.layers import param_init
 
@@ -45,6 +46,43 @@ class BatchStatNorm(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
 
 
+class TemporalTapConv(nn.Module):
+  """A 3-D convolution (padding 1 in every dimension, one stride for all) computed as
+  the sum of 2-D convolutions over its temporal taps.
+
+  The same parameters ("kernel" [kt, kh, kw, in, out], "bias") and result as `nn.Conv`
+  with that 3-D kernel, but XLA:CPU differentiates a native 3-D convolution through
+  Eigen's volume patches about 50x slower than its 2-D convolutions (4.6 s vs 0.1 s for
+  the CPU video config's discriminator gradient); accelerators are fast either way.
+  """
+
+  features: int
+  kernel_size: tuple[int, int, int]
+  stride: int
+  use_bias: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kt, kh, kw = self.kernel_size
+    names = (None, None, None, "conv_in", "conv_out")
+    kernel = self.param("kernel", param_init(nn.initializers.normal(0.02), names),
+                        (kt, kh, kw, x.shape[-1], self.features))
+    b, t, s = x.shape[0], x.shape[1], self.stride
+    padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    t_out = (t + 2 - kt) // s + 1
+    out = 0.0
+    for tap in range(kt):
+      frames = padded[:, tap:tap + s * (t_out - 1) + 1:s]  # [B, t_out, H, W, C]
+      out = out + lax.conv_general_dilated(
+          frames.reshape((b * t_out,) + frames.shape[2:]), kernel[tap], (s, s),
+          [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = out.reshape((b, t_out) + out.shape[1:])
+    if self.use_bias:
+      out = out + self.param("bias", param_init(nn.initializers.zeros, ("conv_out",)),
+                             (self.features,))
+    return out
+
+
 class PatchDiscriminator(nn.Module):
   """Per-patch real/fake logits of images [B, H, W, 3] (`spatial_dims=2`) or clips
   [B, T, H, W, 3] (`spatial_dims=3`) in [-1, 1]."""
@@ -54,8 +92,10 @@ class PatchDiscriminator(nn.Module):
   norm: Norm = "batch"
   spatial_dims: Literal[2, 3] = 2
 
-  def _conv(self, features: int, stride: int, use_bias: bool, name: str) -> nn.Conv:
-    kernel = (4, 4) if self.spatial_dims == 2 else (3, 4, 4)
+  def _conv(self, features: int, stride: int, use_bias: bool, name: str) -> nn.Module:
+    if self.spatial_dims == 3:
+      return TemporalTapConv(features, (3, 4, 4), stride, use_bias, name=name)
+    kernel = (4, 4)
     padding = [(1, 1)] * len(kernel)
     names = (None,) * len(kernel) + ("conv_in", "conv_out")
     return nn.Conv(features, kernel, strides=stride, padding=padding, use_bias=use_bias,
