@@ -9,12 +9,19 @@
 #   ./launch/local.sh video                            # configs/sweet_video.py:cpu
 #   CONFIG=configs/sweet_image.py:runlocal ./launch/local.sh --config.total_steps=20
 #
-# Extra arguments go to sweet_jax.main (e.g. --config.FIELD=VALUE overrides).
+# Extra arguments go to sweet_jax.main (e.g. --config.FIELD=VALUE overrides);
+# --dry-run prints the command instead of setting up and running it.
 # Re-running with the same WORKDIR resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/common.sh
 source launch/venv.sh
-ensure_venv
+
+args=()
+for arg in "$@"; do
+  if [[ "$arg" == --dry-run ]]; then DRY_RUN=1; else args+=("$arg"); fi
+done
+set -- "${args[@]}"
 
 if [[ "${1:-}" == "video" ]]; then
   shift
@@ -24,4 +31,10 @@ fi
 CONFIG="${CONFIG:-configs/sweet_image.py:cpu}"
 WORKDIR="${WORKDIR:-workdirs/sweet_image_cpu}"
 export SWEET_JAX_DATA_DIR="${SWEET_JAX_DATA_DIR:-$PWD/.data/tfds}"
-exec .venv/bin/python -m sweet_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"
+train=(.venv/bin/python -m sweet_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@")
+if ((DRY_RUN)); then
+  run env SWEET_JAX_DATA_DIR="$SWEET_JAX_DATA_DIR" "${train[@]}"
+  exit 0
+fi
+ensure_venv
+exec "${train[@]}"
