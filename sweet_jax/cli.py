@@ -1,8 +1,24 @@
-"""Process set-up shared by the command-line entry points (train, evaluate)."""
+"""Process set-up shared by the command-line entry points (train, evaluate): logging,
+TensorFlow kept off the accelerators, and the multi-host runtime.
+
+Multi-host is opt-in (`--distributed` or SWEET_JAX_DISTRIBUTED=1): every process then
+calls `jax.distributed.initialize`, which finds its peers on TPU pod slices, under
+SLURM, Open MPI and Kubernetes by itself; on a bare cluster pass --coordinator_address,
+--num_processes and --process_id to every process.
+"""
 
 import logging as std_logging
+import os
 
-from absl import logging
+from absl import flags, logging
+
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", os.environ.get("SWEET_JAX_DISTRIBUTED", "").lower() in ("1", "true"),
+    "Join a multi-host job through jax.distributed (default: $SWEET_JAX_DISTRIBUTED).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (bare clusters; otherwise detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (bare clusters).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank (bare clusters).")
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -24,6 +40,48 @@ class _QuietLibraries(std_logging.Filter):
         part in record.pathname for part in self.NOISY)
 
 
-def set_up_process() -> None:
+def initialize_distributed(enabled: bool, coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Joins the multi-host job when `enabled`; returns whether it did.
+
+  Explicit settings must come together (all three) and only with `enabled`, so that a
+  forgotten switch or a half-specified cluster fails here, not in a hung collective.
+  """
+  explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+              "process_id": process_id}
+  given = sorted(name for name, value in explicit.items() if value is not None)
+  if not enabled:
+    if given:
+      raise ValueError(f"--{', --'.join(given)} only apply to a multi-host job: add "
+                       "--distributed (or set SWEET_JAX_DISTRIBUTED=1)")
+    return False
+  if given and len(given) != len(explicit):
+    missing = sorted(set(explicit) - set(given))
+    raise ValueError(f"a bare-cluster launch needs --coordinator_address, --num_processes "
+                     f"and --process_id together; missing --{', --'.join(missing)}")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} is not in [0, {num_processes})")
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info("Process %d of %d, %d local of %d devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def shutdown_distributed(initialized: bool) -> None:
+  """Waits for every process (so none exits while others still checkpoint), then leaves."""
+  if not initialized:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.sync_global_devices("sweet_jax:end")
+  jax.distributed.shutdown()
+
+
+def set_up_process() -> bool:
+  """Logging, TF, and the multi-host runtime; returns whether it joined a multi-host job."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   hide_accelerators_from_tensorflow()
+  return initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                _PROCESS_ID.value)

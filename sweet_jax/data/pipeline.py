@@ -2,9 +2,10 @@
 
 Training and evaluation, on the embedded photos and on ImageNet alike, go
 through these functions, so that what is tested on the small dataset is what
-runs at scale. Each host reads its own `process_index::process_count` slice;
-randomness is a pure function of (seed, host, element index), which makes
-the train iterator resumable from a small JSON state.
+runs at scale. Training reads one global stream whose randomness is a pure function
+of (seed, element index); each host takes its rows of every global batch, so the
+batches do not depend on the number of hosts, and the iterator resumes from a small
+JSON state. Evaluation reads each host's `process_index::process_count` slice.
 
 A video that cannot be read or cut into a clip (a corrupt encoded frame, a video
 shorter than the clip) is skipped with a warning and counted in
@@ -112,10 +113,9 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
   """Endless iterator of `{"image": uint8 [global_batch_size // process_count, S, S, 3]}`.
 
-  Each host shuffles its own slice of `source` (reshuffled every epoch) and
-  takes a fresh random crop of every element; the shuffle and crop seeds are
-  derived from `(seed, process_index)`, so hosts do not repeat each other's
-  crops. `get_state()` / `set_state()` (or orbax with
+  One global stream of `source` (reshuffled every epoch, a fresh random crop of every
+  element) is split over the hosts by rows of each global batch, so any number of hosts
+  trains on the same global batches (see `_endless_batches`). `get_state()` / `set_state()` (or orbax with
   `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume on exactly
   the next batch. `prefetch_buffer_size` counts batches.
   """
@@ -131,26 +131,34 @@ def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
                      num_threads: int, prefetch_buffer_size: int,
                      then: Callable[[Any], Any] | None = None,
                      sparse: bool = False) -> grain.DatasetIterator:
-  """This host's slice, reshuffled every epoch, `random_view` of every element (then
-  `then`), batched; seeds derived from `(seed, process_index)`; resumable state.
+  """This host's part of one global stream (reshuffled every epoch, `random_view` of
+  every element, then `then`), batched; resumable state.
 
-  `sparse`: `random_view` returns None for an element to drop; batches are then formed
-  after grain skips the Nones, so they stay full.
+  The stream is the same on every host: the shuffle and the views are seeded by
+  `seed` and each element's global position. Host p takes rows [p*b, (p+1)*b) of every
+  global batch of B = P*b rows, so the global batch, row order included, does not
+  depend on the number of hosts: a 2-host run sees exactly a 1-host run's batches.
+
+  `sparse`: `random_view` returns None for an element to drop; host p then takes the
+  elements p, p+P, ... of the stream and batches what survives, so batches stay full
+  (their composition then depends on the number of hosts).
   """
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  ds = _host_slice(source, process_index, process_count)
-  if len(ds) == 0:
-    raise ValueError(
-        f"Host {process_index} of {process_count} gets none of the {len(source)} examples."
-    )
-  shuffle_seed, view_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
-  ds = ds.shuffle(seed=int(shuffle_seed)).repeat().random_map(random_view, seed=int(view_seed))
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  if len(source) == 0:
+    raise ValueError("the training split has no examples.")
+  # ([seed, 0]: the seeds a single host drew when each host had its own stream.)
+  shuffle_seed, view_seed = np.random.SeedSequence([seed, 0]).generate_state(2)
+  ds = grain.MapDataset.source(source).shuffle(seed=int(shuffle_seed)).repeat()
+  ds = ds.random_map(random_view, seed=int(view_seed))
   if then is not None:
     ds = ds.map(then)
   if not sparse:
-    ds = ds.batch(local_batch_size, drop_remainder=True)
+    # Batches of b rows are lazy, so a host only reads and augments its own rows.
+    ds = ds.batch(local_batch_size, drop_remainder=True)[process_index::process_count]
     return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size)))
-  ds = ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size * local_batch_size))
+  ds = ds[process_index::process_count].to_iter_dataset(_read_options(num_threads, prefetch_buffer_size * local_batch_size))
   # Fail loudly, not loop forever, when most elements cannot be read (a broken dataset).
   options = grain.experimental.DatasetOptions(filter_raise_threshold_ratio=_MAX_SKIPPED_RATIO)
   ds = grain.experimental.WithOptionsIterDataset(ds, options)
