@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       gcn_hidden=256,
       gcn_dropout=0.5,
       normalize_word_codes=False,
+      # Transformer blocks: float32 | bfloat16 matmuls (parameters stay float32), and
+      # rematerialisation none | full | dots | dots_no_batch (models/layers.py).
+      compute_dtype="float32",
+      remat="none",
   ))
 
   c.data.color_jitter = 0.3
@@ -103,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 2
     c.summary_every_steps = 3
     c.checkpoint_every_steps = 2
+    # LPIPS-VGG16 at 32x32 runs at ~16 GFLOP/s on XLA:CPU, slower than the model itself;
+    # the tests that check the LPIPS / FD-VGG metrics turn it on.
+    c.eval.lpips = False
   else:  # ImageNet-256 production sizes.
     image_size.set(256)
     size = {"B": dict(width=768, num_heads=12, encoder_depth=12, decoder_depth=12),

@@ -100,6 +100,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       gcn_hidden=64,
       gcn_dropout=0.5,
       normalize_word_codes=False,
+      # Transformer blocks: float32 | bfloat16 matmuls (parameters stay float32), and
+      # rematerialisation none | full | dots | dots_no_batch (models/layers.py).
+      compute_dtype="float32",
+      remat="none",
   ))
   c.optim.param_groups = common.VIDEO_PARAM_GROUPS
   c.optim.lr_mult = ml_collections.ConfigDict({name: 1.0 for name in ALL_GROUPS})
@@ -159,6 +163,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.summary_every_steps = 100
     c.checkpoint_every_steps = 100  # stage ends and interruptions are saved anyway
     c.eval.fvd = False  # I3D at 224x224 would dominate a test's evaluations
+    c.eval.lpips = False  # so would LPIPS-VGG16 (the tests of those metrics turn them on)
   else:  # UCF-101 production sizes (papers.md §1.2, §1.6).
     image_size.set(256)
     c.model.update(width=512, num_heads=8, encoder_depth=8, decoder_depth=8,

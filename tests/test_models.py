@@ -168,3 +168,53 @@ def test_position_conv_is_a_depthwise_3x3_convolution():
   np.testing.assert_allclose(peg.apply(params, x), reference.reshape(2, 16, 6), atol=1e-5)
   with pytest.raises(ValueError, match="square grid of tokens, got 15"):
     peg.init(jax.random.key(1), x[:, :15])
+
+
+# Compute options: bfloat16 matmuls and rematerialisation (config.model.compute_dtype /
+# remat), the switches a production run flips.
+
+
+def _loss_and_grads(model, params, images):
+  def loss(p):
+    recon, aux = model.apply(p, images)
+    return jnp.mean((recon - images) ** 2) + aux["commitment_loss"]
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_stays_close(model_and_params):
+  model, variables, images = model_and_params
+  params = nn.unbox(variables)
+  bf16 = build_model("cqae_image", **SMALL, compute_dtype="bfloat16")
+  bf16_params = nn.unbox(bf16.init(jax.random.key(0), images))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf16_params))
+  assert jax.tree.structure(bf16_params) == jax.tree.structure(params)
+  hlo = jax.jit(bf16.apply).lower(params, images).as_text()
+  assert "bf16" in hlo and "bf16" not in jax.jit(model.apply).lower(params, images).as_text()
+  (recon, _), (recon32, _) = bf16.apply(params, images), model.apply(params, images)
+  assert recon.dtype == jnp.float32
+  np.testing.assert_allclose(recon, recon32, atol=0.05)  # bfloat16: ~3 significant digits
+  assert not np.array_equal(recon, recon32)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
+def test_remat_recomputes_the_same_gradients(model_and_params, remat):
+  model, variables, images = model_and_params
+  params = nn.unbox(variables)
+  rematerialised = build_model("cqae_image", **SMALL, remat=remat)
+  loss, grads = _loss_and_grads(model, params, images)
+  remat_loss, remat_grads = _loss_and_grads(rematerialised, params, images)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: rematerialised.apply(p, images)[0].sum()))(params))
+  assert "remat" in jaxpr or "checkpoint" in jaxpr
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("compute_dtype", "float16", "compute dtype 'float16'"),
+    ("remat", "everything", "remat 'everything'"),
+])
+def test_bad_compute_options_are_named(field, value, message):
+  model = build_model("cqae_image", **SMALL, **{field: value})
+  with pytest.raises(ValueError, match=message):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import (AttentionOptions, Block, GaussianAttentionPrior, LayerNorm,
+from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, GaussianAttentionPrior,
+                                     LayerNorm, block,
                                      grid_points, grid_shape, learned_embedding, param_init,
                                      patch_position_embedding, patchify, unpatchify)
 from sweet_jax.codebook.artifact import WordGroup
@@ -60,6 +61,7 @@ class PatchEncoder(nn.Module):
   num_heads: int
   mlp_ratio: float
   position_conv: bool
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, images: jax.Array) -> list[jax.Array]:
@@ -69,8 +71,8 @@ class PatchEncoder(nn.Module):
     x = x + patch_position_embedding(self, "pos_embed", grid, self.width)
     features = []
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, position_conv=self.position_conv,
-                name=f"block_{i}")(x)
+      x = block(self.compute, self.num_heads, self.mlp_ratio,
+                position_conv=self.position_conv, name=f"block_{i}")(x)
       features.append(x)
     return features
 
@@ -105,6 +107,7 @@ class QueryEncoder(nn.Module):
   code_dim: int
   attention_prior: bool
   attention: AttentionOptions = AttentionOptions()
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, features: list[jax.Array]) -> jax.Array:
@@ -117,8 +120,8 @@ class QueryEncoder(nn.Module):
                              math.isqrt(num_patches), self.num_heads, len(features),
                              patches_attend=False)
     for i, (feature, bias) in enumerate(zip(features, biases)):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, attention=self.attention,
-                name=f"block_{i}")(x, feature, bias)
+      x = block(self.compute, self.num_heads, self.mlp_ratio, cross_attention=True,
+                attention=self.attention, name=f"block_{i}")(x, feature, bias)
     x = LayerNorm(name="ln_post")(x)
     return _dense(self.code_dim, ("embed", "code"), "to_latent")(x)
 
@@ -135,6 +138,7 @@ class QueryDecoder(nn.Module):
   num_queries: int
   attention_prior: bool
   position_conv: bool
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, codes: jax.Array) -> jax.Array:
@@ -143,7 +147,7 @@ class QueryDecoder(nn.Module):
     z = z + learned_embedding(self, "latent_pos_embed", (self.num_queries, self.width), ("query", "embed"))
     latents = []
     for i in range(self.depth):
-      z = Block(self.num_heads, self.mlp_ratio, name=f"latent_block_{i}")(z)
+      z = block(self.compute, self.num_heads, self.mlp_ratio, name=f"latent_block_{i}")(z)
       latents.append(z)
 
     grid = self.image_size // self.patch_size
@@ -155,7 +159,7 @@ class QueryDecoder(nn.Module):
     biases = locality_priors(self, self.attention_prior, self.num_queries, grid,
                              self.num_heads, len(latents), patches_attend=True)
     for i, (latent, bias) in enumerate(zip(latents, biases)):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True,
+      x = block(self.compute, self.num_heads, self.mlp_ratio, cross_attention=True,
                 position_conv=self.position_conv, name=f"block_{i}")(x, latent, bias)
     x = LayerNorm(name="ln_post")(x)
     pixels = _dense(self.patch_size**2 * 3, ("embed", "patch"), "to_pixels")(x)
@@ -228,6 +232,10 @@ class ImageCQAE(nn.Module):
   gcn_hidden: int = 256
   gcn_dropout: float = 0.5
   normalize_word_codes: bool = False
+  # How the transformer blocks compute (layers.ComputeOptions): float32 | bfloat16
+  # matmuls, and none | full | dots | dots_no_batch rematerialisation.
+  compute_dtype: str = "float32"
+  remat: str = "none"
 
   def make_quantizer(self, **module_kwargs) -> nn.Module:
     """The configured quantizer (`parent=None` gives a detached one for its metadata)."""
@@ -241,14 +249,16 @@ class ImageCQAE(nn.Module):
     if self.image_size % self.patch_size:
       raise ValueError(
           f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
+    compute = ComputeOptions(self.compute_dtype, self.remat)
     self.encoder = PatchEncoder(self.patch_size, self.width, self.encoder_depth,
-                                self.num_heads, self.mlp_ratio, self.position_conv)
+                                self.num_heads, self.mlp_ratio, self.position_conv, compute)
     self.queries = QueryEncoder(self.num_queries, self.width, self.num_heads,
-                                self.mlp_ratio, self.code_dim, self.attention_prior)
+                                self.mlp_ratio, self.code_dim, self.attention_prior,
+                                compute=compute)
     self.quantizer = self.make_quantizer()
     self.decoder = QueryDecoder(self.image_size, self.patch_size, self.width, self.decoder_depth,
                                 self.num_heads, self.mlp_ratio, self.num_queries,
-                                self.attention_prior, self.position_conv)
+                                self.attention_prior, self.position_conv, compute)
 
   def _check_images(self, images: jax.Array) -> None:
     expected = (self.image_size, self.image_size, 3)

@@ -31,6 +31,39 @@ def constrain(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
+# What a rematerialised block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "full": None,  # nothing: the whole block is recomputed (least memory)
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # every matmul output
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # weight matmuls
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeOptions:
+  """How transformer blocks compute; parameters always stay float32.
+
+  dtype  "bfloat16": projections, attention and MLP matmuls in bfloat16 (float32
+         accumulation where the backend does it); LayerNorms, the residual stream,
+         the quantizer and the losses stay float32.
+  remat  "none", or a key of REMAT_POLICIES: each block is rematerialised, trading
+         recomputation in the backward pass for activation memory.
+  """
+
+  dtype: str = "float32"
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
+    if self.remat != "none" and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat {self.remat!r}: use 'none' or one of {sorted(REMAT_POLICIES)}")
+
+  @property
+  def jnp_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+
 class LayerNorm(nn.Module):
   """LayerNorm whose scale and bias carry the `embed` logical axis."""
 
@@ -96,13 +129,16 @@ class Attention(nn.Module):
   head_dim: int
   options: AttentionOptions = AttentionOptions()
   causal: bool = False  # self-attention only: token t sees tokens <= t
+  dtype: jnp.dtype = jnp.float32  # compute dtype (ComputeOptions); the output is x's dtype
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                logit_bias: jax.Array | None = None) -> jax.Array:
     """`logit_bias` [heads, N, S] is added to the attention logits (a position prior)."""
     is_self = context is None
-    context = x if is_self else context
+    out_dtype = x.dtype
+    x = x.astype(self.dtype)
+    context = x if is_self else context.astype(self.dtype)
     width = x.shape[-1]
     kernel_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     heads = (self.num_heads, self.head_dim)
@@ -111,6 +147,7 @@ class Attention(nn.Module):
       kernel = self.param(f"{name}_kernel", param_init(kernel_init, ("embed", "heads", "kv")),
                           (width,) + heads)
       bias = self.param(f"{name}_bias", param_init(nn.initializers.zeros, ("heads", "kv")), heads)
+      kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
       return jnp.einsum("bnd,dhk->bnhk", inputs, kernel) + bias
 
     q = project("query", x)
@@ -127,8 +164,8 @@ class Attention(nn.Module):
     scale = None
     if self.options.cosine:
       ones = param_init(nn.initializers.ones, ("kv",))
-      q = l2_normalize(q) * self.param("query_scale", ones, (self.head_dim,))
-      k = l2_normalize(k) * self.param("key_scale", ones, (self.head_dim,))
+      q = l2_normalize(q) * self.param("query_scale", ones, (self.head_dim,)).astype(self.dtype)
+      k = l2_normalize(k) * self.param("key_scale", ones, (self.head_dim,)).astype(self.dtype)
       scale = 8.0
     if self.options.rope and is_self:
       grid = math.isqrt(x.shape[1])
@@ -144,11 +181,13 @@ class Attention(nn.Module):
         param_init(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
         heads + (width,))
     out_bias = self.param("out_bias", param_init(nn.initializers.zeros, ("embed",)), (width,))
-    return jnp.einsum("bnhk,hkd->bnd", out, out_kernel) + out_bias
+    out = jnp.einsum("bnhk,hkd->bnd", out, out_kernel.astype(self.dtype))
+    return (out + out_bias.astype(self.dtype)).astype(out_dtype)
 
 
 class Mlp(nn.Module):
   hidden_dim: int
+  dtype: jnp.dtype = jnp.float32  # compute dtype; the output is x's dtype
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -156,6 +195,7 @@ class Mlp(nn.Module):
     kernel = nn.initializers.xavier_uniform()
     h = nn.Dense(
         self.hidden_dim,
+        dtype=self.dtype,
         kernel_init=param_init(kernel, ("embed", "mlp")),
         bias_init=param_init(nn.initializers.zeros, ("mlp",)),
         name="fc1",
@@ -163,10 +203,11 @@ class Mlp(nn.Module):
     h = nn.gelu(h)
     return nn.Dense(
         width,
+        dtype=self.dtype,
         kernel_init=param_init(kernel, ("mlp", "embed")),
         bias_init=param_init(nn.initializers.zeros, ("embed",)),
         name="fc2",
-    )(h)
+    )(h).astype(x.dtype)
 
 
 class Block(nn.Module):
@@ -185,6 +226,7 @@ class Block(nn.Module):
   position_conv: bool = False
   causal: bool = False
   attention: AttentionOptions = AttentionOptions()
+  dtype: jnp.dtype = jnp.float32  # compute dtype of the matmuls (ComputeOptions)
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -195,15 +237,24 @@ class Block(nn.Module):
     head_dim = width // self.num_heads
     if self.position_conv:
       x = x + PositionConv(name="peg")(x)
-    x = x + Attention(self.num_heads, head_dim, self.attention, self.causal, name="self_attn")(
-        LayerNorm(name="ln_self")(x))
+    x = x + Attention(self.num_heads, head_dim, self.attention, self.causal, self.dtype,
+                      name="self_attn")(LayerNorm(name="ln_self")(x))
     if self.cross_attention:
       if context is None:
         raise ValueError("a cross-attention block needs a context")
-      x = x + Attention(self.num_heads, head_dim, self.attention, name="cross_attn")(
+      x = x + Attention(self.num_heads, head_dim, self.attention, dtype=self.dtype,
+                        name="cross_attn")(
           LayerNorm(name="ln_cross")(x), LayerNorm(name="ln_context")(context), cross_bias)
-    x = x + Mlp(int(width * self.mlp_ratio), name="mlp")(LayerNorm(name="ln_mlp")(x))
+    x = x + Mlp(int(width * self.mlp_ratio), self.dtype, name="mlp")(LayerNorm(name="ln_mlp")(x))
     return constrain(x)
+
+
+def block(compute: ComputeOptions, *args, **kwargs) -> Block:
+  """A `Block` computing as `compute` says: in its dtype, rematerialised if asked."""
+  cls = Block
+  if compute.remat != "none":
+    cls = nn.remat(Block, policy=REMAT_POLICIES[compute.remat])
+  return cls(*args, dtype=compute.jnp_dtype, **kwargs)
 
 
 class PositionConv(nn.Module):

@@ -48,7 +48,8 @@ from flax import traverse_util
 from sweet_jax.codebook.artifact import WordGroup
 from sweet_jax.models.cqae import (PixelSmoothing, QueryEncoder, _dense, locality_priors,
                                    make_quantizer)
-from sweet_jax.models.layers import (AttentionOptions, Block, LayerNorm, learned_embedding,
+from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, LayerNorm, block,
+                                     learned_embedding,
                                      patch_position_embedding, patchify, unpatchify)
 
 Tree = dict[str, Any]
@@ -96,6 +97,7 @@ class ClipEncoder(nn.Module):
   mlp_ratio: float
   position_conv: bool
   attention: AttentionOptions = AttentionOptions()
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, clips: jax.Array) -> tuple[list[jax.Array], jax.Array]:
@@ -112,7 +114,7 @@ class ClipEncoder(nn.Module):
     x = x.reshape(b * latent_frames, n, self.width)
     features = []
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, position_conv=self.position_conv,
+      x = block(self.compute, self.num_heads, self.mlp_ratio, position_conv=self.position_conv,
                 attention=self.attention, name=f"block_{i}")(x)
       features.append(jnp.mean(x.reshape(b, latent_frames, n, self.width), axis=1))
     return features, tokens
@@ -128,6 +130,7 @@ class TemporalEncoder(nn.Module):
   mlp_ratio: float
   max_steps: int  # latent frames - 1 of the longest clip
   attention: AttentionOptions = AttentionOptions()
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> list[jax.Array]:
@@ -137,7 +140,7 @@ class TemporalEncoder(nn.Module):
     x = x + learned_embedding(self, "time_embed", (self.max_steps, d), ("length", "embed"))[:steps]
     features = []
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, causal=True, attention=self.attention,
+      x = block(self.compute, self.num_heads, self.mlp_ratio, causal=True, attention=self.attention,
                 name=f"block_{i}")(x)
       features.append(x)
     return features
@@ -153,6 +156,7 @@ class TemporalQueryEncoder(nn.Module):
   mlp_ratio: float
   code_dim: int
   attention: AttentionOptions = AttentionOptions()
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, features: list[jax.Array]) -> jax.Array:
@@ -163,8 +167,8 @@ class TemporalQueryEncoder(nn.Module):
     x = jnp.broadcast_to(tokens + pos, (batch,) + shape).reshape(batch * self.num_positions, 1,
                                                                  self.width)
     for i, feature in enumerate(features):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True, attention=self.attention,
-                name=f"block_{i}")(x, feature)
+      x = block(self.compute, self.num_heads, self.mlp_ratio, cross_attention=True,
+                attention=self.attention, name=f"block_{i}")(x, feature)
     x = LayerNorm(name="ln_post")(x.reshape(batch, self.num_positions, self.width))
     return _dense(self.code_dim, ("embed", "code"), "to_latent")(x)
 
@@ -198,6 +202,7 @@ class ClipDecoder(nn.Module):
   attention_prior: bool
   position_conv: bool
   attention: AttentionOptions = AttentionOptions()
+  compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
   def __call__(self, spatial: jax.Array, temporal: jax.Array | None,
@@ -208,7 +213,7 @@ class ClipDecoder(nn.Module):
     z = z + learned_embedding(self, "latent_pos_embed", (self.num_queries, width), ("query", "embed"))
     latents = []
     for i in range(self.depth):
-      z = Block(self.num_heads, self.mlp_ratio, attention=self.attention,
+      z = block(self.compute, self.num_heads, self.mlp_ratio, attention=self.attention,
                 name=f"latent_block_{i}")(z)
       latents.append(z)
 
@@ -222,7 +227,7 @@ class ClipDecoder(nn.Module):
       y = y + learned_embedding(self, "temporal_latent_pos_embed", (n, width), ("length", "embed"))
       y = y.reshape(batch * n, 1, width)
       for k in range(self.temporal_depth):
-        y = Block(self.num_heads, self.mlp_ratio, attention=self.attention,
+        y = block(self.compute, self.num_heads, self.mlp_ratio, attention=self.attention,
                   name=f"temporal_latent_block_{k}")(y)
         temporal_latents.append(y)
 
@@ -237,7 +242,7 @@ class ClipDecoder(nn.Module):
                              self.num_heads, len(latents), patches_attend=True)
     slots = temporal_slots(self.depth, self.temporal_depth)
     for i, (latent, bias) in enumerate(zip(latents, biases)):
-      x = Block(self.num_heads, self.mlp_ratio, cross_attention=True,
+      x = block(self.compute, self.num_heads, self.mlp_ratio, cross_attention=True,
                 position_conv=self.position_conv, attention=self.attention, name=f"block_{i}")(
                     x.reshape(batch * latent_frames, n, width),
                     jnp.repeat(latent, latent_frames, axis=0), bias)
@@ -245,7 +250,7 @@ class ClipDecoder(nn.Module):
       if temporal_latents and i in slots:
         k = slots.index(i)
         xt = x.transpose(0, 2, 1, 3).reshape(batch * n, latent_frames, width)
-        xt = Block(self.num_heads, self.mlp_ratio, cross_attention=True, causal=True,
+        xt = block(self.compute, self.num_heads, self.mlp_ratio, cross_attention=True, causal=True,
                    attention=self.attention, name=f"temporal_block_{k}")(xt, temporal_latents[k])
         x = xt.reshape(batch, n, latent_frames, width).transpose(0, 2, 1, 3)
     x = LayerNorm(name="ln_post")(x)
@@ -299,6 +304,8 @@ class VideoCQAE(nn.Module):
   gcn_hidden: int = 256
   gcn_dropout: float = 0.5
   normalize_word_codes: bool = False
+  compute_dtype: str = "float32"  # layers.ComputeOptions, as in the image CQAE
+  remat: str = "none"
 
   takes_clips = True  # the trainer feeds images as one-frame clips
 
@@ -327,25 +334,27 @@ class VideoCQAE(nn.Module):
       raise ValueError(
           f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
     attention = AttentionOptions(self.cosine_attention, self.rope, self.cross_null_kv)
+    compute = ComputeOptions(self.compute_dtype, self.remat)
     num_positions = (self.image_size // self.patch_size) ** 2
     self.encoder = ClipEncoder(self.patch_size, self.temporal_patch_size, self.width,
                                self.encoder_depth, self.num_heads, self.mlp_ratio,
-                               self.position_conv, attention)
+                               self.position_conv, attention, compute)
     self.queries = QueryEncoder(self.num_queries, self.width, self.num_heads, self.mlp_ratio,
-                                self.code_dim, self.attention_prior, attention)
+                                self.code_dim, self.attention_prior, attention, compute)
     self.temporal_encoder = TemporalEncoder(self.width, self.temporal_encoder_depth,
                                             self.num_heads, self.mlp_ratio,
-                                            max(self.max_latent_frames - 1, 1), attention)
+                                            max(self.max_latent_frames - 1, 1), attention,
+                                            compute)
     self.temporal_queries = TemporalQueryEncoder(num_positions, self.width, self.num_heads,
                                                  self.mlp_ratio, self.temporal_code_dim,
-                                                 attention)
+                                                 attention, compute)
     self.quantizer = self.make_quantizer()
     self.temporal_quantizer = self.make_temporal_quantizer()
     self.decoder = ClipDecoder(self.image_size, self.patch_size, self.temporal_patch_size,
                                self.width, self.decoder_depth, self.temporal_decoder_depth,
                                self.num_heads, self.mlp_ratio, self.num_queries,
                                self.max_latent_frames, self.attention_prior,
-                               self.position_conv, attention)
+                               self.position_conv, attention, compute)
 
   def _check_clips(self, clips: jax.Array) -> int:
     """Validates [B, T, S, S, 3]; returns the number of latent frames."""
