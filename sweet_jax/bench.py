@@ -2,14 +2,21 @@ r"""Benchmark of the train step: time, throughput, achieved FLOP/s against this
 machine's measured matmul ceiling, compile time and peak memory.
 
   python -m sweet_jax.bench --config=configs/sweet_image.py:cpu --json=bench.json
+  python -m sweet_jax.bench --config=configs/sweet_video.py:cpu --devices=1,2,4,8
 
-Synthetic uint8 batches (the data pipeline is not timed); same jitted step,
-shardings and donation as training.
+Every distinct train step of the config is timed (one per curriculum-stage variant:
+images, clips, clips with the perceptual and GAN terms), on synthetic uint8 batches of
+the stage's shape (the data pipeline is not timed), with the same jitted step,
+shardings and donation as training. `--devices` sweeps data parallelism over that many
+of this process's devices (virtual CPU devices are added as needed: the sweep measures
+partitioning overhead on this CPU, not scaling).
 """
 
 import json
+import os
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -19,18 +26,10 @@ from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from sweet_jax import parallel
-from sweet_jax.train import build_components, validate_config
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
-                                          lock_config=True)
-_JSON = flags.DEFINE_string("json", None, "Where to write the results as JSON.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
-flags.mark_flags_as_required(["config"])
 
 
 def matmul_ceiling(size: int = 2048, reps: int = 10) -> float:
-  """Median float32 GFLOP/s of a jitted square matmul in this process."""
+  """Median float32 GFLOP/s of a jitted square matmul in this process (one device)."""
   a = jnp.ones((size, size), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
@@ -46,62 +45,133 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def benchmark(config, steps: int) -> dict:
-  validate_config(config, jax.device_count())
-  c = build_components(config)
-  mesh, rules = c.mesh, c.rules
-  size = config.data.image_size
-  rng = np.random.default_rng(0)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = c.init_state()
-    batch = parallel.to_global(
-        {"image": rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8)},
-        c.batch_sharding)
+def synthetic_batch(config, stage, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  if stage.data == "image":
+    size = config.data.image_size
+    return {"image": rng.integers(0, 256, (stage.batch_size, size, size, 3), dtype=np.uint8)}
+  data = config.video_data
+  shape = (stage.batch_size, data.num_frames, data.image_size, data.image_size, 3)
+  return {"video": rng.integers(0, 256, shape, dtype=np.uint8)}
+
+
+def _time_steps(step, state, batch, steps: int) -> tuple[list[float], float, float, object]:
+  """(step times, compile seconds, GFLOP per step, final state)."""
+  t = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.jitted.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get("flops", 0.0))
+  for _ in range(2):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
     t = time.perf_counter()
-    compiled = c.train_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t
-    cost = compiled.jitted.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0))
-    for _ in range(2):
-      state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t)
-  median = statistics.median(times)
-  ceiling = matmul_ceiling()
-  achieved = flops / median / 1e9
-  return {
-      "config": f"{config.model.name}:{config.get('variant', '')}",
-      "devices": jax.device_count(),
-      "batch_size": config.batch_size,
-      "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
-      "step_median_s": median,
-      "step_min_s": min(times),
-      "images_per_s": config.batch_size / median,
-      "gflop_per_step": flops / 1e9,
-      "achieved_gflop_s": achieved,
-      "matmul_ceiling_gflop_s": ceiling,
-      "fraction_of_ceiling": achieved / ceiling,
-      "compile_s": compile_s,
-      "peak_rss_mb": peak_rss_mb(),
-  }
+    times.append(time.perf_counter() - t)
+  return times, compile_s, flops / 1e9, state
+
+
+def benchmark(config, steps: int, devices=None, ceiling: float | None = None) -> list[dict]:
+  """One row per distinct stage step of `config` on `devices` (default: all)."""
+  from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from sweet_jax.train import build_components, validate_config  # pylint: disable=g-import-not-at-top
+  devices = list(jax.devices() if devices is None else devices)
+  validate_config(config, len(devices))
+  c = build_components(config, devices)
+  rng = np.random.default_rng(0)
+  ceiling = matmul_ceiling() if ceiling is None else ceiling
+  rows, timed = [], set()
+  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
+    state = c.init_state()
+    params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+    for stage in c.stages:
+      step = c.stage_steps[stage.name]
+      if (id(step), stage.data, stage.batch_size) in timed:
+        continue
+      timed.add((id(step), stage.data, stage.batch_size))
+      batch = parallel.to_global(synthetic_batch(config, stage, rng), c.batch_sharding)
+      times, compile_s, gflop, state = _time_steps(step, state, batch, steps)
+      median = statistics.median(times)
+      achieved = gflop / median
+      rows.append({
+          "config": f"{config.model.name}:{config.get('variant', '')}",
+          "stage": stage.name,
+          "data": stage.data,
+          "devices": len(devices),
+          "mesh": dict(c.mesh.shape),
+          "batch_size": stage.batch_size,
+          "params": params,
+          "step_median_s": median,
+          "step_min_s": min(times),
+          "examples_per_s": stage.batch_size / median,
+          "gflop_per_step": gflop,
+          "achieved_gflop_s": achieved,
+          "matmul_ceiling_gflop_s": ceiling,
+          "fraction_of_ceiling": achieved / ceiling,
+          "compile_s": compile_s,
+          "peak_rss_mb": peak_rss_mb(),
+      })
+  return rows
+
+
+COLUMNS = [("config", "{}"), ("stage", "{}"), ("devices", "{}"), ("batch_size", "{}"),
+           ("step_median_s", "{:.3f}"), ("examples_per_s", "{:.1f}"),
+           ("gflop_per_step", "{:.2f}"), ("achieved_gflop_s", "{:.1f}"),
+           ("matmul_ceiling_gflop_s", "{:.0f}"), ("fraction_of_ceiling", "{:.2f}"),
+           ("compile_s", "{:.1f}"), ("peak_rss_mb", "{:.0f}")]
+
+
+def format_table(rows: list[dict]) -> str:
+  cells = [[name for name, _ in COLUMNS]] + [[fmt.format(r[name]) for name, fmt in COLUMNS]
+                                            for r in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+  lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
 
 
 def main(argv):
-  del argv
-  result = benchmark(_CONFIG.value, _STEPS.value)
-  width = max(len(k) for k in result)
-  print("\n".join(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                  for k, v in result.items()))
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  counts = [int(n) for n in _DEVICES.value] if _DEVICES.value else None
+  if counts and max(counts) > jax.local_device_count() and "BENCH_RESTARTED" not in os.environ:
+    env = dict(os.environ, BENCH_RESTARTED="1", JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={max(counts)}")
+    os.execve(sys.executable, [sys.executable, "-m", "sweet_jax.bench", *sys.argv[1:]], env)
+  ceiling = matmul_ceiling()
+  rows = []
+  for count in counts or [None]:
+    run_config = config
+    if count is not None:
+      run_config = config.copy_and_resolve_references()
+      with run_config.unlocked():
+        run_config.mesh = (("data", count), ("fsdp", 1), ("model", 1))
+    rows += benchmark(run_config, _STEPS.value,
+                      None if count is None else jax.devices()[:count], ceiling)
+  print(format_table(rows))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=2)
+      json.dump(rows, f, indent=2)
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (so that the module can be
+  imported next to other entry points)."""
+  global _CONFIG, _JSON, _STEPS, _DEVICES
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
+                                            lock_config=True)
+  _JSON = flags.DEFINE_string("json", None, "Where to write the results as JSON.")
+  _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per stage (after 2 warm-up steps).")
+  _DEVICES = flags.DEFINE_list("devices", None, "Device counts to sweep (data parallel), e.g. "
+                               "1,2,4,8; default: config.mesh over all devices.")
+  flags.mark_flags_as_required(["config"])
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -176,10 +176,13 @@ class Components:
 
 def build_components(config: ml_collections.ConfigDict,
                      devices: Sequence[jax.Device] | None = None,
-                     workdir: str | None = None) -> Components:
+                     workdir: str | None = None, *,
+                     abstract_frozen: bool = False) -> Components:
   """Mesh (over `devices`, default all), model, optimizer, jitted steps with shardings.
 
   `workdir` holds (or receives) the run's copy of the language codebook, if any.
+  `abstract_frozen`: the frozen networks stay shapes (the memory planner lowers steps
+  without placing a replica of them on each of hundreds of virtual devices).
   """
   mesh = parallel.make_mesh(config.mesh, devices)
   rules = [tuple(rule) for rule in config.sharding_rules]
@@ -230,7 +233,8 @@ def build_components(config: ml_collections.ConfigDict,
   batch_sharding = parallel.batch_sharding(mesh, rules)
   if discriminator is not None and config.gan.adaptive_weight:
     check_adaptive_layer(abstract.params, config.gan.adaptive_layer)
-  frozen = load_frozen_networks(config, mesh, perceptual, eval_lpips, eval_i3d, eval_inception)
+  frozen = load_frozen_networks(config, mesh, perceptual, eval_lpips, eval_i3d, eval_inception,
+                                materialize=not abstract_frozen)
   frozen_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), frozen)
   gan = GanOptions(
       lecam_weight=config.gan.lecam_weight, lecam_decay=config.gan.lecam_decay,
@@ -324,10 +328,12 @@ def make_discriminator_optimizer(config: ml_collections.ConfigDict,
 def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
                          perceptual: nn.Module | None, eval_lpips: nn.Module | None,
                          eval_i3d: nn.Module | None,
-                         eval_inception: nn.Module | None) -> dict[str, Any]:
+                         eval_inception: nn.Module | None, *,
+                         materialize: bool = True) -> dict[str, Any]:
   """Parameters of the frozen networks, replicated over the mesh: "perceptual" (the loss's
   LPIPS network), "lpips" (the LPIPS-VGG16 metric; the loss's copy when it is VGG16 too),
-  "i3d" (rFVD), "inception" (rFID, from the user's config.eval.inception_weights)."""
+  "i3d" (rFVD), "inception" (rFID, from the user's config.eval.inception_weights).
+  Without `materialize`: their shapes, with the replicated sharding."""
   frozen = {}
   if perceptual is not None:
     frozen["perceptual"] = load_lpips_params(perceptual.network, config.perceptual.weights)
@@ -340,7 +346,11 @@ def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
   if eval_inception is not None:
     from sweet_jax.evaluate.inception import load_inception_variables  # pylint: disable=g-import-not-at-top
     frozen["inception"] = load_inception_variables(config.eval.inception_weights)
-  return jax.device_put(frozen, parallel.replicated(mesh))
+  replicated = parallel.replicated(mesh)
+  if not materialize:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=replicated),
+                        frozen)
+  return jax.device_put(frozen, replicated)
 
 
 def trains_quantizer(stage: curriculum.Stage) -> bool:

@@ -121,17 +121,17 @@ def _saved_params(workdir, step):
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def test_resume_at_a_boundary_and_mid_stage_reproduces_the_run(tmp_path, embedded_data_dir,
-                                                               clips_data_dir):
+def test_resume_at_a_stage_boundary_reproduces_the_run(tmp_path, embedded_data_dir,
+                                                       clips_data_dir):
   config = video_runlocal(embedded_data_dir, clips_data_dir)  # stages of 2 + 2 + 2 steps
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
   full = train_and_evaluate(config, full_dir)
   assert full["step"] == 6
 
-  # Interrupted exactly at the spatial/temporal boundary, then in the middle of the
-  # temporal stage; each restart continues the same curriculum.
+  # Interrupted exactly at the spatial/temporal boundary: the restart starts the next
+  # stage's data stream and continues the same curriculum. (A restart inside a stage is
+  # the image run's test in test_train.py: the same code path.)
   assert train_and_evaluate(config, resumed_dir, stop_at_step=2)["step"] == 2
-  assert train_and_evaluate(config, resumed_dir, stop_at_step=3)["step"] == 3
   resumed = train_and_evaluate(config, resumed_dir)
   assert resumed["step"] == 6
   for a, b in zip(jax.tree.leaves(_saved_params(full_dir, 6)),

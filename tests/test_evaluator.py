@@ -29,6 +29,7 @@ def _imagenet_config(data_dir, cache_dir):
     config.data.data_dir = data_dir
     config.data.eval_preprocess = "resize_shorter_center_crop"  # ImageNet's
     config.eval.reference_cache = cache_dir
+    config.eval.lpips = True  # off in runlocal
   return config
 
 
@@ -103,6 +104,7 @@ def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
     config.data.data_dir = clips_data_dir
     config.eval.reference_cache = str(tmp_path / "reference")
     config.eval.fvd = True  # off in runlocal
+    config.eval.lpips = True
   workdir = str(tmp_path / "run")
   _save_initial_state(config, workdir, step=1)
 

@@ -112,3 +112,51 @@ def test_batch_not_divisible_by_data_parallel_size():
     config.batch_size = 12
   with pytest.raises(ValueError, match="batch_size=12 is not divisible by the data-parallel size 8"):
     build_components(config)
+
+
+def test_tensor_parallel_and_fsdp_steps_equal_data_parallel():
+  """The same two steps under data parallel (8), FSDP (2 x 4) and tensor parallel
+  (4 x model 2) meshes: the rules move shards, not results."""
+  rng = np.random.default_rng(1)
+  batches = [{"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)} for _ in range(2)]
+  runs = {name: _run_steps(runlocal(mesh), batches) for name, mesh in {
+      "data": [("data", 8), ("fsdp", 1), ("model", 1)],
+      "fsdp": [("data", 2), ("fsdp", 4), ("model", 1)],
+      "tensor": [("data", 4), ("fsdp", 1), ("model", 2)],
+  }.items()}
+  def shard_shape(name, get):
+    leaf = get(runs[name][1].params["encoder"]["block_0"])
+    assert leaf.sharding.spec[:2] == ("fsdp", "model")  # the rules; the mesh sizes them
+    return leaf.addressable_shards[0].data.shape
+  fc1 = lambda block: block["mlp"]["fc1"]["kernel"]  # [embed 32, mlp 128]
+  query = lambda block: block["self_attn"]["query_kernel"]  # [embed 32, heads 2, kv 16]
+  assert shard_shape("data", fc1) == (32, 128)  # replicated
+  assert shard_shape("fsdp", fc1) == (8, 128)  # embed over fsdp (4)
+  assert shard_shape("tensor", fc1) == (32, 64)  # mlp over model (2)
+  assert shard_shape("tensor", query) == (32, 1, 16)  # heads over model (2)
+  _, _, data_metrics, data_params = runs["data"]
+  for name in ("fsdp", "tensor"):
+    _, _, metrics, params = runs[name]
+    np.testing.assert_allclose(metrics[0]["loss"], data_metrics[0]["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(data_params[0])):
+      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+  """Saved from an 8-way data-parallel run, restored onto a 2 x 2 x 2 FSDP + tensor
+  parallel mesh: the same values, laid out as the new mesh's rules say."""
+  from sweet_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  batches = [{"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)}]
+  _, saved, _, _ = _run_steps(runlocal([("data", 8), ("fsdp", 1), ("model", 1)]), batches)
+  checkpointer = Checkpointer(str(tmp_path), max_to_keep=1, save_interval_steps=1)
+  checkpointer.save_state(1, saved)
+  target = build_components(runlocal([("data", 2), ("fsdp", 2), ("model", 2)]))
+  with jax.set_mesh(target.mesh), nn.logical_axis_rules(target.rules):
+    restored = checkpointer.restore_state(1, target.restore_target())
+  checkpointer.close()
+  fc1 = restored.params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert fc1.sharding.spec == P("fsdp", "model") and fc1.sharding.mesh.shape == target.mesh.shape
+  assert int(restored.step) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(saved))):
+    np.testing.assert_array_equal(a, b)

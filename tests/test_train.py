@@ -40,7 +40,9 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_da
   config = runlocal(embedded_data_dir)  # 6 steps, checkpoint every 2
   with config.unlocked():  # every piece of state a checkpoint must carry: EMA, discriminator
     config.ema.decay = 0.9
+    config.eval.lpips = True  # LPIPS-VGG16 and FD-VGG in every evaluation (off in runlocal)
     config.loss.perceptual = 0.5
+    config.perceptual.network = "alexnet"  # (VGG16's gradient at 32x32 is the slow part)
     config.loss.adversarial = 0.1
     config.gan.update(start_step=3, width=8, depth=2, lecam_weight=0.01)  # starts mid-run
     config.eval.every_steps = 3  # the evaluator from the trainer
