@@ -16,7 +16,8 @@
 #   --version VERSION   TPU runtime (default: tpu-ubuntu2204-base)
 #   --project PROJECT   GCP project (default: gcloud's)
 #   --queued            create through `queued-resources create` and wait until ACTIVE
-#   --spot              spot capacity (preemptible; the trainer checkpoints on SIGTERM)
+#   --spot              spot capacity (preemptible: rerun with --skip-create to resume
+#                       from the workdir's last checkpoint)
 #   --skip-create       reuse an existing TPU VM of that name
 #   --config SPEC       sweet_jax config (required), --workdir DIR (required; use gs://
 #                       so that every worker and a later resume see the same checkpoints)

@@ -13,10 +13,8 @@ partitioning overhead on this CPU, not scaling).
 """
 
 import json
-import os
 import resource
 import statistics
-import sys
 import time
 
 import jax
@@ -25,6 +23,8 @@ import numpy as np
 from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
+
+from sweet_jax.cli import restart_with_cpu_devices
 
 
 
@@ -138,11 +138,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   counts = [int(n) for n in _DEVICES.value] if _DEVICES.value else None
-  if counts and max(counts) > jax.local_device_count() and "BENCH_RESTARTED" not in os.environ:
-    env = dict(os.environ, BENCH_RESTARTED="1", JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
-                        f"--xla_force_host_platform_device_count={max(counts)}")
-    os.execve(sys.executable, [sys.executable, "-m", "sweet_jax.bench", *sys.argv[1:]], env)
+  if counts and max(counts) > jax.local_device_count():
+    restart_with_cpu_devices(max(counts), "sweet_jax.bench")
   ceiling = matmul_ceiling()
   rows = []
   for count in counts or [None]:

@@ -14,8 +14,6 @@ layout and fusion differences (TPU pads minor dimensions to 128; GPU fuses diffe
 
 import ast
 import json
-import os
-import sys
 from typing import Any
 
 import jax
@@ -23,13 +21,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from sweet_jax.cli import restart_with_cpu_devices
+
 
 GIB = 2**30
 # Per-device (per-chip for TPU v5e, per-TensorCore pair = chip for v5p) HBM.
 ACCELERATORS = {"TPU v5p": 95 * GIB, "TPU v5e": 16 * GIB, "H100": 80 * GIB}
 # Headroom kept free for the runtime, fragmentation and the data pipeline's buffers.
 USABLE_FRACTION = 0.9
-_CHILD = "SWEET_JAX_PLAN_DEVICES"
 
 
 def parse_mesh(text: str) -> tuple[tuple[str, int], ...]:
@@ -42,13 +41,6 @@ def parse_mesh(text: str) -> tuple[tuple[str, int], ...]:
   if any(size < 1 for _, size in mesh):
     raise ValueError(f"--mesh={text!r}: the planner needs every axis size (no -1)")
   return mesh
-
-
-def _restart_with_devices(count: int) -> None:
-  """Runs this command again in a fresh process with `count` virtual CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", **{_CHILD: str(count)})
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
-  os.execve(sys.executable, [sys.executable, "-m", "sweet_jax.plan", *sys.argv[1:]], env)
 
 
 def _bytes_per_device(tree: Any) -> int:
@@ -154,11 +146,7 @@ def main(argv):
   config = _CONFIG.value
   if _MESH.value:
     mesh = parse_mesh(_MESH.value)
-    count = 1
-    for _, size in mesh:
-      count *= size
-    if os.environ.get(_CHILD) != str(count):
-      _restart_with_devices(count)
+    restart_with_cpu_devices(int(np.prod([size for _, size in mesh])), "sweet_jax.plan")
     with config.unlocked():
       config.mesh = mesh
   result = plan(config)

@@ -76,7 +76,7 @@ def test_slurm_dry_run_prints_the_batch_script():
                 if line.startswith("#SBATCH"))
   assert sbatch["--nodes"] == "4" and sbatch["--ntasks-per-node"] == "8"
   assert sbatch["--gpus-per-node"] == "8" and sbatch["--partition"] == "gpu"
-  assert sbatch["--exclusive"] == "" and sbatch["--signal"] == "TERM@120"  # preemption: the trainer checkpoints and exits
+  assert sbatch["--exclusive"] == "" and sbatch["--signal"] == "TERM@120"
   assert "SWEET_JAX_ACCELERATOR=cuda12 ensure_venv" in lines
   srun = shlex.split(lines[-1])
   assert srun[:2] == ["srun", "--kill-on-bad-exit=1"]

@@ -158,5 +158,6 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   fc1 = restored.params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
   assert fc1.sharding.spec == P("fsdp", "model") and fc1.sharding.mesh.shape == target.mesh.shape
   assert int(restored.step) == 1
-  for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(saved))):
+  for a, b in zip(jax.tree.leaves(jax.device_get(restored)),
+                  jax.tree.leaves(jax.device_get(saved))):
     np.testing.assert_array_equal(a, b)

@@ -115,9 +115,9 @@ def make_train_iterator(
 
   One global stream of `source` (reshuffled every epoch, a fresh random crop of every
   element) is split over the hosts by rows of each global batch, so any number of hosts
-  trains on the same global batches (see `_endless_batches`). `get_state()` / `set_state()` (or orbax with
-  `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume on exactly
-  the next batch. `prefetch_buffer_size` counts batches.
+  trains on the same global batches (see `_endless_batches`). `get_state()` /
+  `set_state()` (or orbax with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`)
+  resume on exactly the next batch. `prefetch_buffer_size` counts batches.
   """
   return _endless_batches(
       source, _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
@@ -158,7 +158,8 @@ def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
     # Batches of b rows are lazy, so a host only reads and augments its own rows.
     ds = ds.batch(local_batch_size, drop_remainder=True)[process_index::process_count]
     return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch_buffer_size)))
-  ds = ds[process_index::process_count].to_iter_dataset(_read_options(num_threads, prefetch_buffer_size * local_batch_size))
+  read_options = _read_options(num_threads, prefetch_buffer_size * local_batch_size)
+  ds = ds[process_index::process_count].to_iter_dataset(read_options)
   # Fail loudly, not loop forever, when most elements cannot be read (a broken dataset).
   options = grain.experimental.DatasetOptions(filter_raise_threshold_ratio=_MAX_SKIPPED_RATIO)
   ds = grain.experimental.WithOptionsIterDataset(ds, options)
