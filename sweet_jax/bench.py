@@ -45,15 +45,6 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def synthetic_batch(config, stage, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  if stage.data == "image":
-    size = config.data.image_size
-    return {"image": rng.integers(0, 256, (stage.batch_size, size, size, 3), dtype=np.uint8)}
-  data = config.video_data
-  shape = (stage.batch_size, data.num_frames, data.image_size, data.image_size, 3)
-  return {"video": rng.integers(0, 256, shape, dtype=np.uint8)}
-
-
 def _time_steps(step, state, batch, steps: int) -> tuple[list[float], float, float, object]:
   """(step times, compile seconds, GFLOP per step, final state)."""
   t = time.perf_counter()
@@ -77,7 +68,8 @@ def _time_steps(step, state, batch, steps: int) -> tuple[list[float], float, flo
 def benchmark(config, steps: int, devices=None, ceiling: float | None = None) -> list[dict]:
   """One row per distinct stage step of `config` on `devices` (default: all)."""
   from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from sweet_jax.train import build_components, validate_config  # pylint: disable=g-import-not-at-top
+  from sweet_jax.train import (build_components, stage_batch_shape,  # pylint: disable=g-import-not-at-top
+                               validate_config)
   devices = list(jax.devices() if devices is None else devices)
   validate_config(config, len(devices))
   c = build_components(config, devices)
@@ -92,7 +84,9 @@ def benchmark(config, steps: int, devices=None, ceiling: float | None = None) ->
       if (id(step), stage.data, stage.batch_size) in timed:
         continue
       timed.add((id(step), stage.data, stage.batch_size))
-      batch = parallel.to_global(synthetic_batch(config, stage, rng), c.batch_sharding)
+      key_name, shape = stage_batch_shape(config, stage)
+      batch = parallel.to_global({key_name: rng.integers(0, 256, shape, dtype=np.uint8)},
+                                 c.batch_sharding)
       times, compile_s, gflop, state = _time_steps(step, state, batch, steps)
       median = statistics.median(times)
       achieved = gflop / median

@@ -59,22 +59,10 @@ def _bytes_per_device(tree: Any) -> int:
   return total
 
 
-def abstract_batch(config, stage, sharding) -> dict[str, Any]:
-  """The global batch a stage's step takes, as shapes."""
-  if stage.data == "image":
-    size = config.data.image_size
-    return {"image": jax.ShapeDtypeStruct((stage.batch_size, size, size, 3), np.uint8,
-                                          sharding=sharding)}
-  data = config.video_data
-  return {"video": jax.ShapeDtypeStruct(
-      (stage.batch_size, data.num_frames, data.image_size, data.image_size, 3), np.uint8,
-      sharding=sharding)}
-
-
 def plan(config) -> dict[str, Any]:
   """Compiles each distinct stage step for config.mesh; per-device memory in bytes."""
   # (Imported here: the parent process restarts before paying for TF and the models.)
-  from sweet_jax.train import build_components  # pylint: disable=g-import-not-at-top
+  from sweet_jax.train import build_components, stage_batch_shape  # pylint: disable=g-import-not-at-top
   c = build_components(config, abstract_frozen=True)
   state = c.restore_target()
   memory = {
@@ -90,7 +78,8 @@ def plan(config) -> dict[str, Any]:
       step = c.stage_steps[stage.name]
       key = (id(step), stage.data, stage.batch_size)
       if key not in compiled_by_step:
-        batch = abstract_batch(config, stage, c.batch_sharding)
+        key_name, shape = stage_batch_shape(config, stage)
+        batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
         compiled = step.jitted.lower(state, batch, c.frozen).compile()
         analysis = compiled.memory_analysis()
         compiled_by_step[key] = {

@@ -381,6 +381,17 @@ def make_stage_iterator(config: ml_collections.ConfigDict, stages: Sequence[curr
       num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size, **hosts)
 
 
+def stage_batch_shape(config: ml_collections.ConfigDict,
+                      stage: curriculum.Stage) -> tuple[str, tuple[int, ...]]:
+  """The key and global uint8 shape of a stage's training batches (what its iterator
+  yields, assembled over the hosts): for the planner and the benchmark."""
+  if stage.data == "image":
+    size = config.data.image_size
+    return "image", (stage.batch_size, size, size, 3)
+  data = config.video_data
+  return "video", (stage.batch_size, data.num_frames, data.image_size, data.image_size, 3)
+
+
 def make_eval_batches(config: ml_collections.ConfigDict, stages: Sequence[curriculum.Stage],
                       hosts: dict[str, int]):
   """Held-out clips when any stage trains on video, held-out images otherwise."""
