@@ -144,8 +144,7 @@ def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
   (their composition then depends on the number of hosts).
   """
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  _check_host(process_index, process_count)
   if len(source) == 0:
     raise ValueError("the training split has no examples.")
   # ([seed, 0]: the seeds a single host drew when each host had its own stream.)
@@ -414,8 +413,12 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _host_slice(source: Any, process_index: int, process_count: int) -> grain.MapDataset:
-  """This host's examples: `process_index`, `process_index + process_count`, ..."""
+def _check_host(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+
+
+def _host_slice(source: Any, process_index: int, process_count: int) -> grain.MapDataset:
+  """This host's examples: `process_index`, `process_index + process_count`, ..."""
+  _check_host(process_index, process_count)
   return grain.MapDataset.source(source)[process_index::process_count]
