@@ -24,7 +24,7 @@ from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from sweet_jax.cli import restart_with_cpu_devices
+from sweet_jax.virtual_devices import restart_with_cpu_devices
 
 
 
@@ -68,22 +68,22 @@ def _time_steps(step, state, batch, steps: int) -> tuple[list[float], float, flo
 def benchmark(config, steps: int, devices=None, ceiling: float | None = None) -> list[dict]:
   """One row per distinct stage step of `config` on `devices` (default: all)."""
   from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from sweet_jax.train import (build_components, stage_batch_shape,  # pylint: disable=g-import-not-at-top
-                               validate_config)
+  from sweet_jax.train import (build_components, distinct_stage_steps,  # pylint: disable=g-import-not-at-top
+                               stage_batch_shape, validate_config)
   devices = list(jax.devices() if devices is None else devices)
   validate_config(config, len(devices))
   c = build_components(config, devices)
   rng = np.random.default_rng(0)
   ceiling = matmul_ceiling() if ceiling is None else ceiling
-  rows, timed = [], set()
+  keys, rows, timed = distinct_stage_steps(c), [], set()
   with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
     state = c.init_state()
     params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
     for stage in c.stages:
       step = c.stage_steps[stage.name]
-      if (id(step), stage.data, stage.batch_size) in timed:
+      if keys[stage.name] in timed:
         continue
-      timed.add((id(step), stage.data, stage.batch_size))
+      timed.add(keys[stage.name])
       key_name, shape = stage_batch_shape(config, stage)
       batch = parallel.to_global({key_name: rng.integers(0, 256, shape, dtype=np.uint8)},
                                  c.batch_sharding)

@@ -9,7 +9,6 @@ SLURM, Open MPI and Kubernetes by itself; on a bare cluster pass --coordinator_a
 
 import logging as std_logging
 import os
-import sys
 
 from absl import flags, logging
 
@@ -79,20 +78,6 @@ def shutdown_distributed(initialized: bool) -> None:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   multihost_utils.sync_global_devices("sweet_jax:end")
   jax.distributed.shutdown()
-
-
-_CPU_DEVICES_ENV = "SWEET_JAX_CPU_DEVICES"
-
-
-def restart_with_cpu_devices(count: int, module: str) -> None:
-  """Re-runs `python -m module` with this command line in a fresh process that has
-  `count` virtual CPU devices (XLA fixes the count when jax starts); returns at once in
-  the process that already has them. For the tools that compile for a target mesh."""
-  if os.environ.get(_CPU_DEVICES_ENV) == str(count):
-    return
-  env = dict(os.environ, JAX_PLATFORMS="cpu", **{_CPU_DEVICES_ENV: str(count)})
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
-  os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
 def set_up_process() -> bool:

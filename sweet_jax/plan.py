@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sweet_jax.cli import restart_with_cpu_devices
+from sweet_jax.virtual_devices import restart_with_cpu_devices
 
 
 GIB = 2**30
@@ -59,11 +59,17 @@ def _bytes_per_device(tree: Any) -> int:
   return total
 
 
-def plan(config) -> dict[str, Any]:
-  """Compiles each distinct stage step for config.mesh; per-device memory in bytes."""
+def plan(config, only_stages: list[str] | None = None) -> dict[str, Any]:
+  """Compiles each distinct stage step for config.mesh (of `only_stages`, when given);
+  per-device memory in bytes."""
   # (Imported here: the parent process restarts before paying for TF and the models.)
-  from sweet_jax.train import build_components, stage_batch_shape  # pylint: disable=g-import-not-at-top
+  from sweet_jax.train import (build_components, distinct_stage_steps,  # pylint: disable=g-import-not-at-top
+                               stage_batch_shape)
   c = build_components(config, abstract_frozen=True)
+  keys = distinct_stage_steps(c)
+  unknown = sorted(set(only_stages or ()) - set(keys))
+  if unknown:
+    raise ValueError(f"--stages: no stage {unknown} in this config; its stages are {list(keys)}")
   state = c.restore_target()
   memory = {
       "params": _bytes_per_device(state.params),
@@ -75,8 +81,10 @@ def plan(config) -> dict[str, Any]:
   stages, compiled_by_step = [], {}
   with jax.set_mesh(c.mesh):
     for stage in c.stages:
+      if only_stages and stage.name not in only_stages:
+        continue
       step = c.stage_steps[stage.name]
-      key = (id(step), stage.data, stage.batch_size)
+      key = keys[stage.name]
       if key not in compiled_by_step:
         key_name, shape = stage_batch_shape(config, stage)
         batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
@@ -138,7 +146,7 @@ def main(argv):
     restart_with_cpu_devices(int(np.prod([size for _, size in mesh])), "sweet_jax.plan")
     with config.unlocked():
       config.mesh = mesh
-  result = plan(config)
+  result = plan(config, _STAGES.value)
   print(format_plan(result))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
@@ -148,12 +156,14 @@ def main(argv):
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (so that the module can be
   imported next to other entry points)."""
-  global _CONFIG, _MESH, _JSON
+  global _CONFIG, _MESH, _JSON, _STAGES
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
                                             lock_config=True)
   _MESH = flags.DEFINE_string("mesh", None, "Target mesh, e.g. \"(('data', 8), ('fsdp', 8), "
                               "('model', 1))\"; default: config.mesh over this machine's devices.")
   _JSON = flags.DEFINE_string("json", None, "Where to write the plan as JSON.")
+  _STAGES = flags.DEFINE_list("stages", None, "Plan only these curriculum stages, e.g. "
+                              "decoder (default: every stage).")
   flags.mark_flags_as_required(["config"])
 
 

@@ -392,6 +392,13 @@ def stage_batch_shape(config: ml_collections.ConfigDict,
   return "video", (stage.batch_size, data.num_frames, data.image_size, data.image_size, 3)
 
 
+def distinct_stage_steps(components: Components) -> dict[str, tuple]:
+  """Each stage's compiled-program key: stages with equal keys run the same jitted step on
+  the same batch shape, so the planner and the benchmark compile (and time) one of them."""
+  return {stage.name: (id(components.stage_steps[stage.name]), stage.data, stage.batch_size)
+          for stage in components.stages}
+
+
 def make_eval_batches(config: ml_collections.ConfigDict, stages: Sequence[curriculum.Stage],
                       hosts: dict[str, int]):
   """Held-out clips when any stage trains on video, held-out images otherwise."""

@@ -44,7 +44,7 @@ def test_plan_command_restarts_with_the_target_mesh(tmp_path):
   out = tmp_path / "plan.json"
   result = subprocess.run(
       [sys.executable, "-m", "sweet_jax.plan", "--config=configs/sweet_image.py:runlocal",
-       "--mesh=(('data', 1), ('fsdp', 8), ('model', 2))", f"--json={out}"],
+       "--mesh=(('data', 1), ('fsdp', 8), ('model', 2))", "--stages=train", f"--json={out}"],
       cwd=REPO, capture_output=True, text=True, check=False,
       env=dict(os.environ, XLA_FLAGS=""))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -63,6 +63,11 @@ def test_plan_names_a_bad_mesh():
     config.mesh = (("data", 2), ("fsdp", 1), ("model", 4))
   with pytest.raises(ValueError, match=r"cannot be laid out as .*'model'.* must divide"):
     plan.plan(config)
+
+
+def test_plan_names_an_unknown_stage():
+  with pytest.raises(ValueError, match=r"no stage \['decoder'\].*\['train'\]"):
+    plan.plan(sweet_image.get_config("runlocal"), ["decoder"])
 
 
 def test_bench_sweeps_devices():
