@@ -178,6 +178,14 @@ def base_config() -> ml_collections.ConfigDict:
   # these steps; evaluation always quantizes fully.
   c.quantizer_warmup_steps = 0
 
+  # A step whose loss terms or gradients are not finite never changes the state (its
+  # update is discarded; only the step counters advance). "halt" then stops the run with
+  # an error naming the step and the terms / gradient groups; "skip" counts it and goes
+  # on, and stops after this many consecutive skipped steps.
+  c.on_nonfinite = "halt"
+  c.max_consecutive_nonfinite = 10
+  c.inject_nan_at_step = -1  # testing switch: this step's batch becomes NaN (-1: off)
+
   c.log_every_steps = 50
   c.summary_every_steps = 250
   c.checkpoint_every_steps = 250

@@ -6,12 +6,22 @@ asynchronous; the manager keeps the newest `max_to_keep` steps.
 """
 
 import os
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 from flax import linen as nn
+from orbax.checkpoint import checkpoint_managers as policies
+
+T = TypeVar("T")
+
+
+class NoValidCheckpointError(RuntimeError):
+  """Every checkpoint in the directory failed to restore (none was moved or deleted)."""
 
 
 class Checkpointer:
@@ -22,7 +32,12 @@ class Checkpointer:
         directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            save_interval_steps=save_interval_steps,
+            # Every `save_interval_steps`, and at the step all hosts agree on after a
+            # preemption notice; not orbax's default extra save of the first step.
+            save_decision_policy=policies.AnySavePolicy([
+                policies.FixedIntervalPolicy(save_interval_steps),
+                policies.PreemptionCheckpointingPolicy(),
+            ]),
             enable_async_checkpointing=True,
             create=True,
         ),
@@ -31,8 +46,67 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def restore_newest_valid(self, restore: Callable[[int], T]) -> tuple[int, T] | None:
+    """`(step, restore(step))` for the newest step whose restore succeeds; None when there
+    is no checkpoint.
+
+    A checkpoint that fails (a crash mid-write, truncated or corrupted files) is skipped
+    with a warning. Once an older one restores, the failed newer ones are moved aside to
+    `<directory>_unreadable/` (so the run can save those steps again; nothing is deleted).
+    If none restores, nothing is moved and NoValidCheckpointError carries the newest
+    failure (often a config that no longer matches the run, not corruption).
+    """
+    failed: list[tuple[int, Exception]] = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = restore(step)
+      except Exception as e:  # pylint: disable=broad-except; any failure means "not this one"
+        logging.warning("Checkpoint %d in %s cannot be restored (%s: %s); trying the "
+                        "previous one", step, self.manager.directory, type(e).__name__,
+                        str(e)[:500])
+        failed.append((step, e))
+        continue
+      if failed:
+        self._move_aside([s for s, _ in failed])
+        logging.warning("Resumed from checkpoint %d: the newer %s could not be restored "
+                        "and were moved to %s", step, [s for s, _ in failed],
+                        self._aside_directory())
+      return step, restored
+    if failed:
+      step, error = failed[0]
+      raise NoValidCheckpointError(
+          f"no checkpoint in {self.manager.directory} can be restored (steps "
+          f"{[s for s, _ in failed]}; nothing was moved or deleted). The newest, {step}, "
+          f"failed with {type(error).__name__}: {str(error)[:1000]}. If the config changed "
+          "since these were written, use a new workdir") from error
+    return None
+
+  def _aside_directory(self) -> epath.Path:
+    directory = epath.Path(self.manager.directory)
+    return directory.parent / f"{directory.name}_unreadable"
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames unreadable step directories out of the manager's view (process 0 moves,
+    every process waits and re-reads the directory)."""
+    if jax.process_index() == 0:
+      aside = self._aside_directory()
+      aside.mkdir(parents=True, exist_ok=True)
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        source = epath.Path(self.manager.directory) / str(step)
+        if source.exists():
+          source.rename(aside / f"{step}-{stamp}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("sweet_jax:checkpoints_moved_aside")
+    self.manager.reload()
+
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` without force would write (the interval says so)."""
+    return self.manager.should_save(step)
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator, *,
            force: bool = False) -> bool:

@@ -25,7 +25,7 @@ from sweet_jax.curriculum import group_hyperparams
 from sweet_jax.evaluate.lpips import LPIPS, pooled_vgg_features
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 from sweet_jax.evaluate.video import per_frame_metrics
-from sweet_jax.optim import Schedule, get_step, map_with_path
+from sweet_jax.optim import Schedule, StepCountState, get_step, map_with_path, param_group_labels
 
 
 @flax.struct.dataclass
@@ -118,6 +118,44 @@ def check_adaptive_layer(params: Any, pattern: str) -> None:
                      f"the decoder's last layers are e.g. {[p for p in paths if 'decoder' in p][-3:]}")
 
 
+def _time_advanced(old: Any, new: Any) -> Any:
+  """The optimizer state of a discarded update: the counters that measure time (the global
+  step, the curriculum gate's step, inject_hyperparams' count and hyperparameters) take
+  their new values, so schedules stay on the step; everything learned (Adam's moments and
+  count) keeps its old value."""
+  time_nodes = (StepCountState, optax.InjectStatefulHyperparamsState)
+
+  def pick(o, n):
+    if isinstance(o, StepCountState):
+      return n
+    if isinstance(o, optax.InjectStatefulHyperparamsState):
+      return n._replace(inner_state=o.inner_state)
+    return o
+
+  return jax.tree.map(pick, old, new, is_leaf=lambda x: isinstance(x, time_nodes))
+
+
+def discard_unless_finite(finite: jax.Array, old: "TrainState", new: "TrainState") -> "TrainState":
+  """`new` when `finite`, else `old` with only its step counters advanced: a non-finite
+  step never reaches the parameters, moments, EMA or discriminator."""
+  kept = old.replace(opt_state=_time_advanced(old.opt_state, new.opt_state))
+  if old.disc is not None:
+    kept = kept.replace(disc=old.disc.replace(
+        opt_state=_time_advanced(old.disc.opt_state, new.disc.opt_state)))
+  return jax.tree.map(lambda n, k: jnp.where(finite, n, k), new, kept)
+
+
+def grad_norms_by_group(grads: Any, groups: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
+  """Global gradient norm of each parameter group (names a non-finite group)."""
+  if not groups:
+    return {}
+  labels = jax.tree.leaves(param_group_labels(grads, groups))
+  squares: dict[str, list[jax.Array]] = {}
+  for label, g in zip(labels, jax.tree.leaves(grads)):
+    squares.setdefault(label, []).append(jnp.sum(jnp.square(g.astype(jnp.float32))))
+  return {f"grad_norm_{name}": jnp.sqrt(sum(parts)) for name, parts in squares.items()}
+
+
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
                  image_shape: tuple[int, ...], *, ema: bool = False,
                  discriminator: nn.Module | None = None,
@@ -151,6 +189,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     discriminator: nn.Module | None = None,
                     disc_tx: optax.GradientTransformation | None = None,
                     gan: GanOptions = GanOptions(), ema_decay: float = 0.0,
+                    param_groups: tuple[tuple[str, str], ...] = (),
+                    inject_nan_at_step: int = -1,
                     ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch, frozen) -> (state, metrics); batch["image"] or
   batch["video"] is uint8, frozen = {"perceptual": LPIPS params} when `perceptual` is given.
@@ -160,6 +200,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   "perceptual" / "adversarial" terms (weights from `loss_weights`); a state with a
   discriminator but a step without one (a stage with no adversarial term) keeps the
   discriminator's step count in line with a zero, inactive update.
+
+  A step with a non-finite loss term or gradient is discarded (`discard_unless_finite`);
+  its metrics say so ("nonfinite" = 1, the terms and per-group gradient norms
+  `grad_norm_<group>` of `param_groups` show which). `inject_nan_at_step` >= 0 turns
+  that step's input into NaN (a test switch).
   """
   index_groups = model.index_groups()
 
@@ -168,6 +213,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     rng = jax.random.fold_in(state.rng, step)
     dropout_rng, frame_rng = jax.random.split(rng)
     images = model_input(model, batch)
+    if inject_nan_at_step >= 0:
+      images = jnp.where(step == inject_nan_at_step, jnp.nan, images)
     weights = {name: jnp.asarray(fn(step), jnp.float32) for name, fn in loss_weights.items()}
     mix = quantizer_mix(step)
 
@@ -220,11 +267,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
           playing=weights.get("adversarial", 0.0) > 0)
       metrics.update(disc_metrics)
 
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    for name in ("disc_loss", "disc_grad_norm"):
+      if name in metrics:
+        finite &= jnp.isfinite(metrics[name])
     metrics.update({
         "loss": loss,
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
         **{f"loss_{name}": value for name, value in terms.items()},
         "psnr": jnp.mean(psnr(_frames(model_to_unit(recon)), _frames(model_to_unit(images)))),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
+        **grad_norms_by_group(grads, param_groups),
         "param_norm": optax.tree.norm(params),
         "learning_rate": learning_rate(step),
         "quantizer_mix": mix,
@@ -234,7 +288,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     })
     new_state = TrainState(params=params, opt_state=opt_state, rng=state.rng,
                            ema_params=ema_params, disc=disc)
-    return new_state, metrics
+    return discard_unless_finite(finite, state, new_state), metrics
 
   return train_step
 

@@ -20,7 +20,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 import ml_collections
 
-from sweet_jax import curriculum, optim, parallel
+from sweet_jax import curriculum, nonfinite, optim, parallel
 from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
 from sweet_jax.data import pipeline
 from sweet_jax.evaluate.evaluator import evaluate_params
@@ -31,6 +31,7 @@ from sweet_jax.evaluate.video import evaluate_clip_reconstruction, write_mp4, wr
 from sweet_jax.models import build_model, model_class
 from sweet_jax.models.discriminator import PatchDiscriminator
 from sweet_jax.models.video_cqae import check_num_frames
+from sweet_jax.preemption import PreemptionWatch
 from sweet_jax.step import (GanOptions, TrainState, check_adaptive_layer, make_eval_step,
                             make_init_fn, make_train_step)
 from sweet_jax.words import has_words, temporal_words_markdown, words_markdown
@@ -39,6 +40,7 @@ from sweet_jax.words import has_words, temporal_words_markdown, words_markdown
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Fails before anything compiles, naming the setting that is impossible."""
   curriculum.stages_from_config(config)  # raises on an impossible curriculum
+  nonfinite.check_mode(config.on_nonfinite)
   image_size, patch = config.model.image_size, config.model.patch_size
   if image_size % patch:
     raise ValueError(f"config.model.patch_size={patch} does not divide "
@@ -108,8 +110,10 @@ def load_word_group(config: ml_collections.ConfigDict, workdir: str | None = Non
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-  fetched = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  """Means over fetched per-step metrics (none when every step was discarded)."""
+  if not history:
+    return {}
+  return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +253,8 @@ def build_components(config: ml_collections.ConfigDict,
                         quantizer_train=quantizer_train,
                         perceptual=perceptual if with_perceptual else None,
                         discriminator=discriminator if with_gan else None, disc_tx=disc_tx,
-                        gan=gan, ema_decay=config.ema.decay),
+                        gan=gan, ema_decay=config.ema.decay, param_groups=tuple(groups),
+                        inject_nan_at_step=config.inject_nan_at_step),
         in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,))
@@ -462,24 +467,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 max_to_keep=config.keep_checkpoints,
                                 save_interval_steps=config.checkpoint_every_steps)
-    latest = checkpointer.latest_step()
-    train_iter, iter_stage = None, None
-    if latest is None:
+
+    def restore(step: int) -> tuple[Any, Any, int | None]:
+      """(state, train iterator, its stage index) from the checkpoint of `step`."""
+      index = curriculum.stage_index(stages, step)
+      if step > stages[index].start:  # inside a stage: continue its data stream
+        logging.info("Resuming stage %r from the checkpoint of step %d in %s",
+                     stages[index].name, step, workdir)
+        train_iter = make_stage_iterator(config, stages, index, hosts)
+        return checkpointer.restore(step, c.restore_target(), train_iter), train_iter, index
+      # exactly at a stage boundary: the next stage starts a fresh stream
+      logging.info("Resuming at the start of stage %r (step %d) in %s",
+                   stages[index].name, step, workdir)
+      return checkpointer.restore_state(step, c.restore_target()), None, None
+
+    try:
+      restored = checkpointer.restore_newest_valid(restore)
+    except Exception:
+      checkpointer.close()
+      raise
+    if restored is None:
       logging.info("Starting from scratch in %s", workdir)
-      state = c.init_state()
+      state, train_iter, iter_stage = c.init_state(), None, None
       logging.info("Parameters: %d",
                    sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
     else:
-      index = curriculum.stage_index(stages, latest)
-      if latest > stages[index].start:  # inside a stage: continue its data stream
-        logging.info("Resuming stage %r from the checkpoint of step %d in %s",
-                     stages[index].name, latest, workdir)
-        train_iter, iter_stage = make_stage_iterator(config, stages, index, hosts), index
-        state = checkpointer.restore(latest, c.restore_target(), train_iter)
-      else:  # exactly at a stage boundary: the next stage starts a fresh stream
-        logging.info("Resuming at the start of stage %r (step %d) in %s",
-                     stages[index].name, latest, workdir)
-        state = checkpointer.restore_state(latest, c.restore_target())
+      _, (state, train_iter, iter_stage) = restored
 
     def run_eval(step: int, prefix: str) -> Any:
       if takes_clips:
@@ -526,42 +539,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           end_of_stage(stage, step)
     report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_secs=30.0)
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []  # device metrics of the steps not yet fetched
+    finite_history: list[dict[str, Any]] = []  # fetched, finite, not yet logged
+    guard = nonfinite.NonFiniteGuard(config.on_nonfinite, config.max_consecutive_nonfinite)
     evaluator_steps: dict[bool, Any] = {}  # compiled once for the periodic evaluator
     train_start = time.time()
-    while step < last_step:
-      index = curriculum.stage_index(stages, step)
-      stage = stages[index]
-      if iter_stage != index:
-        logging.info("Stage %r: steps [%d, %d), %s data", stage.name, stage.start, stage.end,
-                     stage.data)
-        train_iter, iter_stage = make_stage_iterator(config, stages, index, hosts), index
-      batch = to_global(next(train_iter))
-      state, metrics = c.stage_steps[stage.name](state, batch)
-      step += 1
-      history.append(metrics)
-      report(step)
-      if step % config.log_every_steps == 0 or step == stage.end:
-        scalars = _mean_metrics(history)
-        history = []
-        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-        if not np.isfinite(scalars["loss"]):
-          raise FloatingPointError(f"non-finite training loss at step {step} "
-                                   f"(stage {stage.name!r}): {scalars}")
-      if step % config.summary_every_steps == 0 and step != stage.end:
-        run_eval(step, "eval")
-      if config.eval.every_steps and step % config.eval.every_steps == 0:
-        evaluate_params(config, c, state.eval_params, step, dataset=config.eval.dataset,
-                        split=config.eval.split, workdir=workdir, writer=writer,
-                        eval_steps=evaluator_steps)
-      if has_curriculum and step == stage.end:
-        end_of_stage(stage, step)
-      checkpointer.save(step, state, train_iter, force=step in (last_step, stage.end))
+    preempted = False
+    with PreemptionWatch(checkpointer.manager) as watch:
+      while step < last_step:
+        index = curriculum.stage_index(stages, step)
+        stage = stages[index]
+        if iter_stage != index:
+          logging.info("Stage %r: steps [%d, %d), %s data", stage.name, stage.start, stage.end,
+                       stage.data)
+          train_iter, iter_stage = make_stage_iterator(config, stages, index, hosts), index
+        batch = to_global(next(train_iter))
+        state, metrics = c.stage_steps[stage.name](state, batch)
+        step += 1
+        history.append(metrics)
+        report(step)
+        preempted = watch.reached(step)
+        force_save = preempted or step in (last_step, stage.end)
+        log_now = step % config.log_every_steps == 0 or step == stage.end
+        if log_now or force_save or checkpointer.should_save(step):
+          # Before anything is logged or saved: the flags of the steps since the last look.
+          try:
+            finite_history += guard.observe(step - len(history), jax.device_get(history),
+                                            where=f" (stage {stage.name!r})")
+          except nonfinite.NonFiniteStepError:
+            checkpointer.close()  # after the earlier, valid saves complete
+            writer.flush()
+            raise
+          history = []
+        if log_now:
+          scalars = _mean_metrics(finite_history)
+          finite_history = []
+          scalars["nonfinite_steps"] = guard.total
+          writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        if preempted:  # no evaluations: the scheduler's grace period is short
+          checkpointer.save(step, state, train_iter, force=True)
+          break
+        if step % config.summary_every_steps == 0 and step != stage.end:
+          run_eval(step, "eval")
+        if config.eval.every_steps and step % config.eval.every_steps == 0:
+          evaluate_params(config, c, state.eval_params, step, dataset=config.eval.dataset,
+                          split=config.eval.split, workdir=workdir, writer=writer,
+                          eval_steps=evaluator_steps)
+        if has_curriculum and step == stage.end:
+          end_of_stage(stage, step)
+        checkpointer.save(step, state, train_iter, force=force_save)
     train_seconds = time.time() - train_start
 
     checkpointer.wait_until_finished()
+    if preempted:
+      writer.flush()
+      checkpointer.close()
+      logging.warning("Preempted: stopped at step %d with its checkpoint written", step)
+      return {"step": step, "preempted": True, "train_seconds": round(train_seconds, 1)}
     final = last_result if last_result is not None and step == total else run_eval(step, "final")
-  eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1))
+  eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1),
+                      nonfinite_steps=guard.total)
   if has_curriculum:
     eval_metrics["stages"] = stage_results
   writer.flush()

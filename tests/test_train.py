@@ -13,6 +13,7 @@ import pytest
 from skimage import data as skimage_data
 
 from configs import sweet_image
+from sweet_jax import nonfinite
 from sweet_jax.codebook import artifact
 from sweet_jax.train import build_components, train_and_evaluate
 
@@ -162,3 +163,43 @@ def test_unknown_parameter_group_multiplier():
     config.optim.lr_mult.decodr = 0.0
   with pytest.raises(ValueError, match="unknown groups \\['decodr'\\]"):
     build_components(config)
+
+
+def test_nonfinite_step_is_discarded_and_named(embedded_data_dir):
+  """A NaN batch (inject_nan_at_step) changes nothing but the step counters; its metrics
+  name the non-finite terms and gradient groups."""
+  config = runlocal(embedded_data_dir)
+  with config.unlocked():
+    config.inject_nan_at_step = 1
+  c = build_components(config)
+  state = c.init_state()
+  batch = jax.device_put(
+      {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)},
+      c.batch_sharding)
+  state, first = c.train_step(state, batch)
+  before = jax.device_get(state)
+  state, poisoned = c.train_step(state, batch)
+  after = jax.device_get(state)
+  assert int(after.step) == 2 and float(poisoned["nonfinite"]) == 1.0
+  assert float(first["nonfinite"]) == 0.0
+  # Parameters, Adam moments and counts unchanged; the global step moved on.
+  for path, a in jax.tree_util.tree_leaves_with_path(before.params):
+    np.testing.assert_array_equal(a, _at(after.params, path), err_msg=str(path))
+  moments = lambda s: [x for p, x in jax.tree_util.tree_leaves_with_path(s.opt_state)
+                       if "mu" in jax.tree_util.keystr(p) or "nu" in jax.tree_util.keystr(p)]
+  assert moments(before) and all(np.array_equal(a, b) for a, b in
+                                 zip(moments(before), moments(after)))
+  terms, groups = nonfinite.nonfinite_parts(jax.device_get(poisoned))
+  assert "recon" in terms
+  assert {"encoder", "decoder"} <= set(groups), groups
+  state, third = c.train_step(state, batch)  # the next batch trains again
+  assert float(third["nonfinite"]) == 0.0
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.params["decoder"]),
+                                                   jax.tree.leaves(jax.device_get(state.params["decoder"])))]
+  assert any(moved)
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree

@@ -1,0 +1,50 @@
+"""Preemption: SIGTERM (what TPU and GPU schedulers send before taking the machines) makes
+the trainer finish its current step, checkpoint that step, flush, and exit with status 0.
+
+One process: our SIGTERM handler sets a flag that the loop reads after every step.
+Several processes: jax.distributed's preemption service (which listens for SIGTERM in
+every process) agrees on one step at which all of them stop; orbax exposes it as
+`CheckpointManager.reached_preemption(step)`, which every process asks at every step.
+"""
+
+import signal
+import threading
+
+import jax
+from absl import logging
+
+
+class PreemptionWatch:
+  """`reached(step)`: whether to checkpoint at `step` and stop. Use as a context manager
+  (the previous SIGTERM handler is restored on exit)."""
+
+  def __init__(self, checkpoint_manager):
+    self._manager = checkpoint_manager
+    self._multi_host = jax.process_count() > 1
+    self._signalled = threading.Event()
+    self._previous = None
+
+  def __enter__(self) -> "PreemptionWatch":
+    # (jax.distributed's service owns SIGTERM on multi-host runs; signal handlers can only
+    # be installed from the main thread.)
+    if not self._multi_host and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._signalled.set()
+
+  def reached(self, step: int) -> bool:
+    if self._multi_host:
+      reached = self._manager.reached_preemption(step)
+    else:
+      reached = self._signalled.is_set()
+    if reached:
+      logging.warning("Preemption notice (SIGTERM): checkpointing step %d and stopping", step)
+    return reached
