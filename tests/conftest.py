@@ -1,5 +1,5 @@
 """Test set-up: 8 virtual CPU devices (so sharding is real), parsed absl flags, a
-per-session compilation cache (several tests compile the same train step), a fresh
+per-run compilation cache (several tests compile the same train step), a fresh
 language-codebook cache, and a small hand-made word graph for quantizer tests."""
 
 import os
@@ -16,7 +16,9 @@ from sweet_jax.codebook.artifact import WordGroup  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
 
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="sweet_jax_jit_"))
+# One cache for all the pytest-xdist workers of a run (tests/run.sh makes and removes it).
+jax.config.update("jax_compilation_cache_dir", os.environ.get("SWEET_JAX_TEST_JIT_CACHE")
+                  or tempfile.mkdtemp(prefix="sweet_jax_jit_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
