@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
       eval_preprocess="resize",
       num_threads=2,
       prefetch_buffer_size=4,
+      # Unusable examples (undecodable, wrong shape or dtype) are skipped and counted
+      # (train/skipped_examples); reading stops with an error naming them once more than
+      # this fraction of a split is known bad.
+      max_bad_fraction=0.01,
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       crop_max_scale=1.0,
       num_threads=2,
       prefetch_buffer_size=4,
+      max_bad_fraction=0.01,  # as config.data.max_bad_fraction
   ))
   c.model = ml_collections.ConfigDict(dict(
       name="cqae_video",
@@ -116,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   decoder_steps = ml_collections.FieldReference(500)
   image_batch = ml_collections.FieldReference(32)
   clip_batch = ml_collections.FieldReference(8)
+  decoder_batch = ml_collections.FieldReference(8)  # the decoder stage's clips per batch
   no_quantizer_loss = dict(commitment=0.0, codebook=0.0, entropy=0.0)
   # The decoder stage adds perceptual (0.1) and 3-D PatchGAN terms, as the official recipe
   # (papers.md §1.6: ConvNeXt perceptual 0.1, there; LPIPS here, no ConvNeXt offline). On
@@ -129,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       stages=ml_collections.ConfigDict(dict(
           spatial=_stage(spatial_steps, "image", SPATIAL_GROUPS, image_batch),
           temporal=_stage(temporal_steps, "video", ALL_GROUPS, clip_batch),
-          decoder=_stage(decoder_steps, "video", ("decoder",), clip_batch, **no_quantizer_loss,
+          decoder=_stage(decoder_steps, "video", ("decoder",), decoder_batch, **no_quantizer_loss,
                          perceptual=0.1, adversarial=decoder_adversarial),
           joint=_stage(spatial_steps + temporal_steps + decoder_steps, "video", ALL_GROUPS,
                        clip_batch),

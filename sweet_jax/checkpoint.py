@@ -6,6 +6,7 @@ asynchronous; the manager keeps the newest `max_to_keep` steps.
 """
 
 import os
+import shutil
 import time
 from typing import Any, Callable, TypeVar
 
@@ -111,6 +112,8 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator, *,
            force: bool = False) -> bool:
     """Saves if the interval (or `force`) says so; returns whether a save started."""
+    if force or self.manager.should_save(step):
+      logging.info("Writing the checkpoint of step %d", step)
     return self.manager.save(
         step,
         args=ocp.args.Composite(
@@ -152,6 +155,35 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Fails at start, not at the first save hours later, when `workdir` cannot be written."""
+  if "://" in workdir:  # gs:// and friends: orbax's own errors
+    return
+  probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"the workdir {workdir} cannot be written ({type(e).__name__}: {e}); "
+                          "choose another --workdir") from e
+
+
+def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
+  """Fails at start when the workdir's disk cannot hold `keep` + 1 checkpoints (orbax
+  writes the next one before deleting the oldest) of `checkpoint_bytes` each."""
+  if "://" in workdir:
+    return
+  free = shutil.disk_usage(workdir).free
+  need = (keep + 1) * checkpoint_bytes
+  if free < need:
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    raise OSError(f"the workdir {workdir} has {gib(free)} free, but {keep} + 1 checkpoints of "
+                  f"{gib(checkpoint_bytes)} need {gib(need)} (config.keep_checkpoints={keep}); "
+                  "free some space, choose another --workdir, or keep fewer checkpoints")
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

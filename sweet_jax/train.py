@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding
 import ml_collections
 
 from sweet_jax import curriculum, nonfinite, optim, parallel
-from sweet_jax.checkpoint import Checkpointer, abstract_with_shardings
+from sweet_jax.checkpoint import (Checkpointer, abstract_with_shardings, check_free_space,
+                                  check_workdir_writable)
 from sweet_jax.data import pipeline
 from sweet_jax.evaluate.evaluator import evaluate_params
 from sweet_jax.evaluate.images import save_png
@@ -55,7 +56,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ValueError(f"config.model.code_dim={config.model.code_dim} must be even: the MLC "
                      "quantizer splits each token into an adjective half and a noun half")
   if "video_data" in config:
-    check_num_frames(config.video_data.num_frames, config.model.temporal_patch_size)
+    try:
+      check_num_frames(config.video_data.num_frames, config.model.temporal_patch_size)
+    except ValueError as e:
+      raise ValueError(f"config.video_data.num_frames={config.video_data.num_frames}: {e}; "
+                       "set it (and config.model.num_frames) to 1 + k * "
+                       "config.model.temporal_patch_size") from None
     if config.video_data.num_frames != config.model.num_frames:
       raise ValueError(f"config.video_data.num_frames={config.video_data.num_frames} differs "
                        f"from config.model.num_frames={config.model.num_frames}")
@@ -194,13 +200,15 @@ def build_components(config: ml_collections.ConfigDict,
   for name in ("batch_size", "eval_batch_size"):
     if config[name] % dp:
       raise ValueError(f"config.{name}={config[name]} is not divisible by the "
-                       f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
+                       f"data-parallel size {dp} of mesh {dict(mesh.shape)}; use a multiple "
+                       f"of {dp} (or change config.mesh)")
 
   stages = curriculum.stages_from_config(config)
   for stage in stages:
     if stage.batch_size % dp:
       raise ValueError(f"stage {stage.name!r} batch_size={stage.batch_size} is not divisible "
-                       f"by the data-parallel size {dp} of mesh {dict(mesh.shape)}")
+                       f"by the data-parallel size {dp} of mesh {dict(mesh.shape)}; set "
+                       f"config.curriculum.stages.{stage.name}.batch_size to a multiple of {dp}")
   model = build_model(**config.model, **load_word_group(config, workdir))
   groups = [tuple(g) for g in config.optim.param_groups]
   group_names = [name for name, _ in groups]
@@ -377,13 +385,14 @@ def make_stage_iterator(config: ml_collections.ConfigDict, stages: Sequence[curr
         source, global_batch_size=stage.batch_size, image_size=data.image_size, seed=seed,
         crop_scale=(data.crop_min_scale, data.crop_max_scale), flip=data.flip,
         num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size,
-        color_jitter=data.color_jitter, **hosts)
+        color_jitter=data.color_jitter, max_bad_fraction=data.max_bad_fraction, **hosts)
   data = config.video_data
   source = pipeline.get_data_source(data.name, data.train_split, data.data_dir)
   return pipeline.make_clip_train_iterator(
       source, global_batch_size=stage.batch_size, num_frames=data.num_frames,
       image_size=data.image_size, seed=seed, crop_scale=(data.crop_min_scale, data.crop_max_scale),
-      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size, **hosts)
+      num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size,
+      max_bad_fraction=data.max_bad_fraction, **hosts)
 
 
 def stage_batch_shape(config: ml_collections.ConfigDict,
@@ -412,12 +421,12 @@ def make_eval_batches(config: ml_collections.ConfigDict, stages: Sequence[curric
     return pipeline.make_clip_eval_batches(
         pipeline.get_data_source(data.name, data.eval_split, data.data_dir),
         global_batch_size=config.eval_batch_size, num_frames=data.num_frames,
-        image_size=data.image_size, **hosts)
+        image_size=data.image_size, max_bad_fraction=data.max_bad_fraction, **hosts)
   data = config.data
   return pipeline.make_eval_batches(
       pipeline.get_data_source(data.name, data.eval_split, data.data_dir),
       global_batch_size=config.eval_batch_size, image_size=data.image_size,
-      preprocess=data.eval_preprocess, **hosts)
+      preprocess=data.eval_preprocess, max_bad_fraction=data.max_bad_fraction, **hosts)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -446,12 +455,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   validate_config(config, jax.device_count())
   if "://" not in workdir:  # orbax needs absolute paths; keep gs:// and friends as they are
     workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir_writable(workdir)
   is_chief = jax.process_index() == 0
   if is_chief:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   c = build_components(config, workdir=workdir)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(c.restore_target()))
+  check_free_space(workdir, state_bytes, keep=config.keep_checkpoints)
   stages = c.stages
   has_curriculum = "curriculum" in config
   logging.info("Curriculum: %s", curriculum.summary(stages))
@@ -575,6 +586,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           scalars = _mean_metrics(finite_history)
           finite_history = []
           scalars["nonfinite_steps"] = guard.total
+          scalars["skipped_examples"] = pipeline.skipped_example_count()
           writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         if preempted:  # no evaluations: the scheduler's grace period is short
           checkpointer.save(step, state, train_iter, force=True)
@@ -598,7 +610,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       return {"step": step, "preempted": True, "train_seconds": round(train_seconds, 1)}
     final = last_result if last_result is not None and step == total else run_eval(step, "final")
   eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1),
-                      nonfinite_steps=guard.total)
+                      nonfinite_steps=guard.total,
+                      skipped_examples=pipeline.skipped_example_count())
   if has_curriculum:
     eval_metrics["stages"] = stage_results
   writer.flush()

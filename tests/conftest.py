@@ -23,6 +23,12 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def pytest_collection_modifyitems(items):
+  """Tests marked `expensive` (minutes each) run first, so that the two xdist workers
+  (tests/run.sh) do not end with one of them alone on a long test."""
+  items.sort(key=lambda item: item.get_closest_marker("expensive") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def codebook_cache(tmp_path_factory) -> str:
   """Language codebooks built during the tests go to a fresh cache, not ~/.cache."""
@@ -61,3 +67,30 @@ def clips_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds_clips"))
   pipeline.get_data_source("sweet_embedded_clips", "train", data_dir)
   return data_dir
+
+
+@pytest.fixture
+def start_main():
+  """`start(*flags, data_dir=None)` starts `python -m sweet_jax.main` (stdout and stderr
+  merged, text) with this session's devices and compilation cache; killed at teardown."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = []
+
+  def start(*flags: str, data_dir: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if data_dir:
+      env["SWEET_JAX_DATA_DIR"] = data_dir
+    proc = subprocess.Popen([sys.executable, "-m", "sweet_jax.main", *flags], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs.append(proc)
+    return proc
+
+  yield start
+  for proc in procs:
+    proc.kill()
+    proc.wait()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 
 from configs import sweet_video
 from sweet_jax import curriculum
+from sweet_jax.checkpoint import restore_run_state
 from sweet_jax.train import build_components, train_and_evaluate
+from test_reliability import checkpoint_steps, signal_on_line
 
 
 def video_runlocal(photos_dir=None, clips_dir=None):
@@ -80,66 +83,57 @@ def _adam_state(opt_state, group):
   return opt_state[-1].inner_states[group].inner_state.inner_state
 
 
-def test_frozen_groups_keep_parameters_and_moments(tmp_path):
-  config = video_runlocal()
-  with config.unlocked():  # the tokenizer's gates only (the discriminator's: test_gan.py)
-    config.curriculum.stages.decoder.loss.update(perceptual=0.0, adversarial=0.0)
-  # One device: the gates are what is tested here (sharding is in test_parallel.py),
-  # and an unpartitioned step compiles several times faster.
-  c = build_components(config, jax.devices()[:1], workdir=str(tmp_path))
-  rng = np.random.default_rng(0)
-  image_batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), np.uint8)}
-  clip_batch = {"video": rng.integers(0, 256, (8, 9, 32, 32, 3), np.uint8)}
-  groups = {
-      "temporal_encoder": lambda p: p["temporal_encoder"],
-      "encoder": lambda p: p["encoder"],
-      "codebook_projection": lambda p: p["quantizer"]["projection"],
-      "decoder": lambda p: p["decoder"],
-  }
-  trains = {"spatial": {"encoder", "codebook_projection", "decoder"},
-            "temporal": set(groups), "decoder": {"decoder"}}
-  changed = lambda before, after: any(not np.array_equal(x, y) for x, y in
-                                     zip(jax.tree.leaves(before), jax.tree.leaves(after)))
-  with jax.set_mesh(c.mesh):
-    state = c.init_state()
-    for stage in c.stages:
-      batch = image_batch if stage.data == "image" else clip_batch
-      stage_start = {g: jax.device_get(get(state.params)) for g, get in groups.items()}
-      for _ in range(stage.steps):
-        before_adam = {g: jax.device_get(_adam_state(state.opt_state, g)) for g in groups}
-        state, metrics = c.stage_steps[stage.name](state, jax.device_put(batch, c.batch_sharding))
-        for g in groups:
-          active = g in trains[stage.name]
-          after_adam = jax.device_get(_adam_state(state.opt_state, g))
-          assert changed(before_adam[g], after_adam) == active, (stage.name, g, "moments")
-          assert float(metrics[f"active_{g}"]) == float(active)
-      for g, get in groups.items():  # (a stage's first step has learning rate 0: warm-up)
-        moved = changed(stage_start[g], jax.device_get(get(state.params)))
-        assert moved == (g in trains[stage.name]), (stage.name, g, "parameters")
-
-
 def _saved_params(workdir, step):
   path = os.path.join(workdir, "checkpoints", str(step), "state")
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def test_resume_at_a_stage_boundary_reproduces_the_run(tmp_path, embedded_data_dir,
-                                                       clips_data_dir):
+@pytest.mark.expensive
+def test_curriculum_gates_groups_and_a_killed_run_resumes_at_the_boundary_exactly(
+    tmp_path, embedded_data_dir, clips_data_dir, start_main):
   config = video_runlocal(embedded_data_dir, clips_data_dir)  # stages of 2 + 2 + 2 steps
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
   full = train_and_evaluate(config, full_dir)
   assert full["step"] == 6
 
-  # Interrupted exactly at the spatial/temporal boundary: the restart starts the next
-  # stage's data stream and continues the same curriculum. (A restart inside a stage is
-  # the image run's test in test_train.py: the same code path.)
-  assert train_and_evaluate(config, resumed_dir, stop_at_step=2)["step"] == 2
+  # SIGKILLed while writing the step-4 checkpoint (the end of the temporal stage): the
+  # restart resumes from step 2, exactly at the spatial/temporal boundary, starts the
+  # temporal stage's data stream and continues the same curriculum. (A restart inside a
+  # stage: test_reliability.py and test_train.py, the same code path.)
+  proc = start_main("--config=configs/sweet_video.py:runlocal", f"--workdir={resumed_dir}",
+                    f"--config.data.data_dir={embedded_data_dir}",
+                    f"--config.video_data.data_dir={clips_data_dir}")
+  log, _ = signal_on_line(proc, "Writing the checkpoint of step 4", signal.SIGKILL, delay=0.5)
+  assert proc.returncode == -signal.SIGKILL, log[-3000:]
+  assert checkpoint_steps(resumed_dir) == [2], log[-3000:]
   resumed = train_and_evaluate(config, resumed_dir)
   assert resumed["step"] == 6
   for a, b in zip(jax.tree.leaves(_saved_params(full_dir, 6)),
                   jax.tree.leaves(_saved_params(resumed_dir, 6))):
     np.testing.assert_array_equal(a, b)
   assert resumed["psnr"] == full["psnr"]
+
+  # Each stage moved exactly its groups: the parameters and the AdamW moments of the
+  # others stayed as they were, from the initial state to step 2 (spatial), then 2 -> 4
+  # (temporal: every group), 4 -> 6 (decoder). (The discriminator's gates: test_gan.py.)
+  c = build_components(config, workdir=full_dir)
+  with jax.set_mesh(c.mesh):
+    states = [jax.device_get(c.init_state())]
+  states += [jax.device_get(restore_run_state(full_dir, c, step)[0]) for step in (2, 4, 6)]
+  groups = {
+      "temporal_encoder": lambda p: p["temporal_encoder"],
+      "encoder": lambda p: p["encoder"],
+      "codebook_projection": lambda p: p["quantizer"]["projection"],
+      "decoder": lambda p: p["decoder"],
+  }
+  trains = [{"encoder", "codebook_projection", "decoder"}, set(groups), {"decoder"}]
+  changed = lambda before, after: any(not np.array_equal(x, y) for x, y in
+                                      zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  for (before, after), trained in zip(zip(states, states[1:]), trains):
+    for g, get in groups.items():
+      assert changed(get(before.params), get(after.params)) == (g in trained), g
+      assert changed(_adam_state(before.opt_state, g), _adam_state(after.opt_state, g)) == (
+          g in trained), g
 
   # The job's outputs: per-stage held-out metrics keyed by stage name, and videos.
   with open(os.path.join(full_dir, "metrics.json")) as f:

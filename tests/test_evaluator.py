@@ -97,6 +97,7 @@ def test_imagenet_evaluation_matches_an_unpadded_computation(tmp_path, embedded_
                              rtol=1e-3)
 
 
+@pytest.mark.expensive
 def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
   config = sweet_video.get_config("runlocal")
   with config.unlocked():
@@ -110,13 +111,13 @@ def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
 
   with config.unlocked():
     config.eval_batch_size = 8
-  skipped_before = pipeline.skipped_clip_count()
+  skipped_before = pipeline.skipped_example_count()
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
     record = evaluator.evaluate_checkpoint(config, workdir, dataset="ucf101", split="test")
   metrics = record["metrics"]
   assert record["dataset"] == "ucf101" and record["split"] == "test"
   # Two batches of 8, the second padded; mock videos shorter than 9 frames are skipped.
-  skipped = pipeline.skipped_clip_count() - skipped_before
+  skipped = pipeline.skipped_example_count() - skipped_before
   assert metrics["num_clips"] + skipped == 10 and metrics["num_clips"] > 8
   for key in ("psnr", "ssim", "lpips", "fd_vgg", "rfvd"):
     assert np.isfinite(metrics[key]), key

@@ -71,6 +71,7 @@ def _gan_config(data_dir, **gan):
   return config
 
 
+@pytest.mark.expensive
 def test_gan_step_updates_generator_discriminator_and_ema(embedded_data_dir):
   config = _gan_config(embedded_data_dir, start_step=1, adaptive_weight=True, lecam_weight=0.1)
   with config.unlocked():

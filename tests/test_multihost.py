@@ -67,6 +67,7 @@ def _saved_state(workdir: str, step: int, like=None):
   return ocp.StandardCheckpointer().restore(path, target)
 
 
+@pytest.mark.expensive
 def test_two_processes_checkpoint_resume_and_match_one_process(tmp_path, embedded_data_dir):
   multi = str(tmp_path / "two_hosts")
   logs = _train_on_two_hosts(multi, embedded_data_dir, "--stop_at_step=4")

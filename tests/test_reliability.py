@@ -1,23 +1,23 @@
 """Reliability (issue #7): preemption by SIGTERM, unreadable checkpoints, the non-finite
-guard's modes in the real trainer."""
+guard's modes, bad data, fail-at-start checks, in the real trainer. (SIGKILL and exact
+resumption: test_train.py's end-to-end test and test_curriculum.py's boundary test.)"""
 
+import io
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 
-from configs import sweet_image
+from configs import sweet_image, sweet_video
 from sweet_jax import nonfinite
-from sweet_jax.train import train_and_evaluate
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sweet_jax.data import pipeline
+from sweet_jax.train import build_components, train_and_evaluate, validate_config
 
 
 def runlocal(data_dir):
@@ -27,7 +27,8 @@ def runlocal(data_dir):
   return config
 
 
-def _steps(workdir: str) -> list[int]:
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The complete checkpoints' steps."""
   return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
 
 
@@ -36,33 +37,36 @@ def _params(workdir: str, step: int):
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path, embedded_data_dir):
-  workdir = str(tmp_path / "run")
-  env = dict(os.environ, SWEET_JAX_DATA_DIR=embedded_data_dir, JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "sweet_jax.main", "--config=configs/sweet_image.py:runlocal",
-       f"--workdir={workdir}", "--config.total_steps=100000",
-       "--config.checkpoint_every_steps=100000", "--config.log_every_steps=1"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def signal_on_line(proc, pattern: str, sig: int, delay: float = 0.0,
+                   timeout: float = 300) -> tuple[str, float]:
+  """Sends `sig` to `proc` `delay` seconds after it prints a line matching `pattern`;
+  (its whole output, seconds from the signal to its exit)."""
   log = []
-  try:
-    for line in proc.stdout:  # until it is training (a train/ scalar line for some step)
-      log.append(line)
-      if re.search(r"\[3\] .*train/loss", line):
-        break
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    log.append(proc.communicate(timeout=300)[0])
-  finally:
-    proc.kill()
-  log = "".join(log)
+  for line in proc.stdout:
+    log.append(line)
+    if re.search(pattern, line):
+      time.sleep(delay)
+      proc.send_signal(sig)
+      break
+  else:
+    raise AssertionError(f"never printed {pattern!r}:\n{''.join(log)[-3000:]}")
+  sent = time.time()
+  log.append(proc.communicate(timeout=timeout)[0])
+  return "".join(log), time.time() - sent
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path, embedded_data_dir,
+                                                          start_main):
+  workdir = str(tmp_path / "run")
+  proc = start_main("--config=configs/sweet_image.py:runlocal", f"--workdir={workdir}",
+                    "--config.total_steps=100000", "--config.checkpoint_every_steps=100000",
+                    "--config.log_every_steps=1", data_dir=embedded_data_dir)
+  # SIGTERM once it is training (the scalars of step 3 are logged).
+  log, seconds = signal_on_line(proc, r"\[3\] .*train/loss", signal.SIGTERM)
   assert proc.returncode == 0, log[-4000:]
   stopped = int(re.search(r"checkpointing step (\d+) and stopping", log)[1])
-  assert stopped >= 3 and time.time() - sent < 120
-  assert _steps(workdir) == [stopped], log[-2000:]  # only the preemption checkpoint
+  assert stopped >= 3 and seconds < 60
+  assert checkpoint_steps(workdir) == [stopped], log[-2000:]  # only the preemption checkpoint
   assert os.listdir(os.path.join(workdir, "checkpoints", str(stopped), "data"))
   assert jax.tree.leaves(_params(workdir, stopped))
 
@@ -72,7 +76,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, embed
   config = runlocal(embedded_data_dir)
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
-  assert _steps(workdir) == [2, 4, 6]
+  assert checkpoint_steps(workdir) == [2, 4, 6]
   uninterrupted = _params(workdir, 6)
   # A crash mid-write / a bad disk: every file of the newest checkpoint cut in half.
   for folder, _, files in os.walk(os.path.join(workdir, "checkpoints", "6")):
@@ -100,7 +104,7 @@ def test_no_restorable_checkpoint_moves_nothing(tmp_path, embedded_data_dir):
     config.model.width = 48  # a different model: the checkpoint no longer fits
   with pytest.raises(Exception, match="no checkpoint in .* can be restored .*nothing was moved"):
     train_and_evaluate(config, workdir)
-  assert _steps(workdir) == [2]
+  assert checkpoint_steps(workdir) == [2]
   assert not os.path.exists(str(tmp_path / "run" / "checkpoints_unreadable"))
 
 
@@ -123,7 +127,7 @@ def test_on_nonfinite_modes(mode, tmp_path, embedded_data_dir):
   with pytest.raises(nonfinite.NonFiniteStepError, match=message):
     train_and_evaluate(config, workdir)
   # Checked before the step-4 save: only the step-2 checkpoint exists.
-  assert _steps(workdir) == [2]
+  assert checkpoint_steps(workdir) == [2]
 
 
 def test_on_nonfinite_must_be_known(embedded_data_dir, tmp_path):
@@ -132,3 +136,100 @@ def test_on_nonfinite_must_be_known(embedded_data_dir, tmp_path):
     config.on_nonfinite = "ignore"
   with pytest.raises(ValueError, match="config.on_nonfinite='ignore'; use one of"):
     train_and_evaluate(config, str(tmp_path))
+
+
+def test_unwritable_workdir_fails_at_start(tmp_path, embedded_data_dir):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(PermissionError, match=f"the workdir {blocker}/run cannot be written"):
+    train_and_evaluate(runlocal(embedded_data_dir), str(blocker / "run"))
+
+
+def test_full_disk_fails_at_start(tmp_path, embedded_data_dir, monkeypatch):
+  import shutil  # pylint: disable=g-import-not-at-top
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+  message = r"has 0.00 GiB free, but 3 \+ 1 checkpoints .*keep_checkpoints=3"
+  with pytest.raises(OSError, match=message):
+    train_and_evaluate(runlocal(embedded_data_dir), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("config_name,override,message", [
+    ("image", {"batch_size": 12}, r"config.batch_size=12 is not divisible by the data-parallel "
+     r"size 8 .*use a multiple of 8"),
+    ("image", {"model.code_dim": 7}, r"code_dim=7 must be even"),
+    ("image", {"model.num_heads": 3}, r"width=32 is not divisible by config.model.num_heads=3"),
+    ("video", {"video_data.num_frames": 8},
+     r"config.video_data.num_frames=8: a clip must have 1 \+ k\*4 frames"),
+    ("video", {"curriculum.stages.decoder.batch_size": 4},
+     r"stage 'decoder' batch_size=4 .*set config.curriculum.stages.decoder.batch_size to a "
+     r"multiple of 8"),
+])
+def test_impossible_settings_fail_before_compiling(config_name, override, message):
+  config = (sweet_image if config_name == "image" else sweet_video).get_config("runlocal")
+  with config.unlocked():
+    for field, value in override.items():
+      *parents, leaf = field.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    validate_config(config, jax.device_count())
+    build_components(config)
+
+
+class CorruptPhotos(tfds.core.GeneratorBasedBuilder):
+  """A real TFDS dataset with one undecodable PNG per split (bytes that only begin like
+  a PNG): 9 training and 8 evaluation images of 48x48."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+        {"image": tfds.features.Image(shape=(None, None, 3))}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(9), "eval": self._generate_examples(8)}
+
+  def _generate_examples(self, n):
+    rng = np.random.default_rng(n)
+    for i in range(n):
+      corrupt = io.BytesIO(b"\x89PNG\r\n\x1a\nthe rest is missing")
+      yield i, {"image": corrupt if i == 3 else rng.integers(0, 256, (48, 48, 3), np.uint8)}
+
+
+@pytest.fixture(scope="module")
+def corrupt_photos_dir(tmp_path_factory) -> str:
+  data_dir = str(tmp_path_factory.mktemp("corrupt_tfds"))
+  CorruptPhotos(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def _corrupt_photos_config(data_dir: str, max_bad_fraction: float):
+  config = runlocal(data_dir)
+  with config.unlocked():
+    config.data.update(name="corrupt_photos", max_bad_fraction=max_bad_fraction)
+    config.log_every_steps = 3
+  return config
+
+
+def test_corrupt_images_are_skipped_counted_and_logged(corrupt_photos_dir, tmp_path, caplog):
+  caplog.set_level("INFO")
+  before = pipeline.skipped_example_count()
+  metrics = train_and_evaluate(_corrupt_photos_config(corrupt_photos_dir, 0.2), str(tmp_path))
+  assert metrics["step"] == 6 and np.isfinite(metrics["psnr"])
+  assert metrics["skipped_examples"] - before >= 2  # (a training read and the eval one)
+  assert re.search(r"Skipping element \d of corrupt_photos/1.0.0 split 'train': OSError",
+                   caplog.text)
+  assert "split 'eval'" in caplog.text
+  assert re.search(r"train/skipped_examples=[1-9]", caplog.text)
+
+
+def test_too_many_corrupt_images_stop_the_run_naming_them(corrupt_photos_dir, tmp_path):
+  with pytest.raises(pipeline.BadDataError,
+                     match=r"1 of the 9 examples of corrupt_photos/1.0.0 split 'train' cannot be "
+                           r"used, more than max_bad_fraction=0.1 .*ids \[\d\]"):
+    train_and_evaluate(_corrupt_photos_config(corrupt_photos_dir, 0.1), str(tmp_path))

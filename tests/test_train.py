@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from configs import sweet_image
 from sweet_jax import nonfinite
 from sweet_jax.codebook import artifact
 from sweet_jax.train import build_components, train_and_evaluate
+from test_reliability import checkpoint_steps, signal_on_line
 
 
 def runlocal(data_dir):
@@ -36,40 +38,49 @@ def _saved_data_state(workdir, step):
           if name.endswith(".json")}
 
 
-def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir,
-                                                          monkeypatch, codebook_cache):
-  config = runlocal(embedded_data_dir)  # 6 steps, checkpoint every 2
-  with config.unlocked():  # every piece of state a checkpoint must carry: EMA, discriminator
-    config.ema.decay = 0.9
-    config.eval.lpips = True  # LPIPS-VGG16 and FD-VGG in every evaluation (off in runlocal)
-    config.loss.perceptual = 0.5
-    config.perceptual.network = "alexnet"  # (VGG16's gradient at 32x32 is the slow part)
-    config.loss.adversarial = 0.1
-    config.gan.update(start_step=3, width=8, depth=2, lecam_weight=0.01)  # starts mid-run
-    config.eval.every_steps = 3  # the evaluator from the trainer
-    config.eval.reference_cache = str(tmp_path / "reference")
+@pytest.mark.expensive
+def test_train_sigkill_resume_matches_uninterrupted_run(tmp_path, embedded_data_dir,
+                                                        monkeypatch, codebook_cache, start_main):
+  """The main job end to end, killed (SIGKILL) mid-run while writing a checkpoint and
+  restarted: bitwise the uninterrupted run (issue #7). Also the job's outputs."""
+  # 6 steps, checkpoint every 2, with every piece of state a checkpoint must carry: EMA,
+  # discriminator (starting mid-run), LeCam; and LPIPS-VGG16 / FD-VGG in every evaluation
+  # (off in runlocal), the periodic evaluator every 3 steps. Overrides as flags, for the
+  # killed `python -m sweet_jax.main` too.
+  overrides = {"ema.decay": 0.9, "eval.lpips": True, "loss.perceptual": 0.5,
+               "perceptual.network": "alexnet",  # (VGG16's gradient at 32x32 is slow)
+               "loss.adversarial": 0.1, "gan.start_step": 3, "gan.width": 8, "gan.depth": 2,
+               "gan.lecam_weight": 0.01, "eval.every_steps": 3,
+               "eval.reference_cache": str(tmp_path / "reference")}
+  config = runlocal(embedded_data_dir)
+  with config.unlocked():
+    for field, value in overrides.items():
+      group, name = field.split(".")
+      config[group][name] = value
   full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
 
   monkeypatch.chdir(tmp_path)
   full = train_and_evaluate(config, "full")  # a relative workdir, as launch/local.sh passes
   assert full["step"] == 6
 
-  # Interrupted after 4 steps: checkpoints at 2 and 4 hold state and data position.
-  partial = train_and_evaluate(config, resumed_dir, stop_at_step=4)
-  assert partial["step"] == 4
-  saved = sorted(int(s) for s in os.listdir(os.path.join(resumed_dir, "checkpoints"))
-                 if s.isdigit())
-  assert {2, 4} <= set(saved) and saved[-1] == 4  # orbax also saves the very first step
-  assert _saved_data_state(resumed_dir, 4) != _saved_data_state(resumed_dir, 2)
+  # SIGKILLed half a second into writing its step-4 checkpoint: only 2 is complete.
+  proc = start_main("--config=configs/sweet_image.py:runlocal", f"--workdir={resumed_dir}",
+                    f"--config.data.data_dir={embedded_data_dir}",
+                    *(f"--config.{k}={v}" for k, v in overrides.items()))
+  log, _ = signal_on_line(proc, "Writing the checkpoint of step 4", signal.SIGKILL, delay=0.5)
+  assert proc.returncode == -signal.SIGKILL, log[-3000:]
+  assert checkpoint_steps(resumed_dir) == [2], log[-3000:]
 
   # The run keeps its own copy of the language codebook: resuming needs no build cache.
   run_codebook = artifact.load(os.path.join(resumed_dir, "codebook"))
   shutil.rmtree(codebook_cache)
   os.makedirs(codebook_cache)
 
-  # The restarted run resumes at step 4 and ends where the uninterrupted one did.
+  # The restarted run resumes from step 2 (state and data position) and ends where the
+  # uninterrupted one did.
   resumed = train_and_evaluate(config, resumed_dir)
   assert resumed["step"] == 6
+  assert _saved_data_state(resumed_dir, 2) != _saved_data_state(resumed_dir, 6)
   assert _saved_data_state(resumed_dir, 6) == _saved_data_state(full_dir, 6)
   full_state, resumed_state = _saved_state(full_dir, 6), _saved_state(resumed_dir, 6)
   assert {"params", "opt_state", "ema_params", "disc"} <= set(full_state)

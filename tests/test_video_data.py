@@ -155,8 +155,9 @@ def test_clip_hosts_see_disjoint_examples():
 
 
 def test_clip_iterator_fails_when_most_clips_are_skipped():
-  with pytest.raises(ValueError, match=r"skipped 100.00 %"):
-    next(_train_iterator(_coded_source(4), num_frames=9))
+  with pytest.raises(pipeline.BadDataError,
+                     match=r"of the 4 examples of the video source cannot be used"):
+    next(_train_iterator(_coded_source(4), num_frames=9))  # every video is too short
 
 
 @pytest.mark.parametrize("num_examples", [1, 7])
@@ -210,7 +211,7 @@ class _FlakySource:
 
 
 def test_clip_train_iterator_skips_unreadable_clips(caplog):
-  before = pipeline.skipped_clip_count()
+  before = pipeline.skipped_example_count()
   it = _train_iterator(_FlakySource(6, raises=1, short=4), num_frames=5)
   seen = set()
   for _ in range(3):  # 12 clips: every element is drawn at least once.
@@ -218,9 +219,17 @@ def test_clip_train_iterator_skips_unreadable_clips(caplog):
     assert batch.shape == (4, 5, 16, 16, 3) and batch.dtype == np.uint8
     seen.update(_codes(batch))
   assert seen == {0, 2, 3, 5}
-  assert pipeline.skipped_clip_count() - before >= 2
+  assert pipeline.skipped_example_count() - before >= 2
   assert "element 1 of the video source: ValueError: corrupt frame" in caplog.text
   assert "element 4 of the video source: ValueError: Video has 2 frames" in caplog.text
+
+
+def test_too_many_unusable_clips_stop_with_their_ids():
+  it = _train_iterator(_FlakySource(6, raises=1, short=4), num_frames=5, max_bad_fraction=0.2)
+  with pytest.raises(pipeline.BadDataError,
+                     match=r"2 of the 6 examples of the video source cannot be used.*ids \[1, 4\]"):
+    for _ in range(4):
+      next(it)
 
 
 def test_skipping_clip_iterator_resumes_on_next_batch():
@@ -236,7 +245,7 @@ def test_skipping_clip_iterator_resumes_on_next_batch():
 
 
 def test_clip_eval_batches_mask_out_unreadable_clips():
-  before = pipeline.skipped_clip_count()
+  before = pipeline.skipped_example_count()
   batches = list(pipeline.make_clip_eval_batches(
       _FlakySource(6, raises=1, short=4), global_batch_size=4, num_frames=5, image_size=8,
       process_index=0, process_count=1))
@@ -245,7 +254,7 @@ def test_clip_eval_batches_mask_out_unreadable_clips():
   np.testing.assert_array_equal(masks, [1, 0, 1, 1, 0, 1, 0, 0])
   videos = np.concatenate([b["video"] for b in batches])
   assert _codes(videos[masks]) == [0, 2, 3, 5] and not videos[~masks].any()
-  assert pipeline.skipped_clip_count() - before == 2
+  assert pipeline.skipped_example_count() - before == 2
 
 
 @pytest.mark.parametrize("name", ["ucf101", "ucf101/ucf101_1_256"])

@@ -77,7 +77,7 @@ def _glove_table() -> tuple[tuple[str, ...], np.ndarray]:
   matrix_path = _require_file(os.path.join(data, "glove_6B_50d_emb.npy"), "GloVe matrix")
   table = pq.read_table(index_path, columns=["index"])
   words = tuple(str(w) for w in table.column("index").to_pylist())
-  matrix = np.load(matrix_path, mmap_mode="r")
+  matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
   _check_rows(matrix, len(words), matrix_path, index_path)
   return words, matrix
 

@@ -7,9 +7,15 @@ of (seed, element index); each host takes its rows of every global batch, so the
 batches do not depend on the number of hosts, and the iterator resumes from a small
 JSON state. Evaluation reads each host's `process_index::process_count` slice.
 
-A video that cannot be read or cut into a clip (a corrupt encoded frame, a video
-shorter than the clip) is skipped with a warning and counted in
-`skipped_clip_count()`, not fatal: one bad file in UCF-101 should not end a run.
+An example that cannot be used (an image or video that fails to decode, a shape or
+dtype other than uint8 [H, W, 3] / [T, H, W, 3], a video shorter than the clip) is
+skipped with a warning naming it and counted in `skipped_example_count()`, not fatal:
+one bad file in ImageNet or UCF-101 should not end a run. Once more than
+`max_bad_fraction` of a split's examples have been found bad, reading raises
+`BadDataError` naming the dataset and the example ids. Training skips a bad image by
+taking the next good element of the source in its place (so the batches stay full and
+the same for any number of hosts) and a bad clip by dropping it; evaluation masks a bad
+example out like padding.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ EMBEDDED_CLIPS = embedded_clips.EmbeddedClips.name
 # Built into data_dir on first use, from data that ships with our dependencies.
 _EMBEDDED = (EMBEDDED_PHOTOS, EMBEDDED_CLIPS)
 DATA_DIR_ENV = "SWEET_JAX_DATA_DIR"
+# Reading raises once more than this fraction of a split is known to be unusable (the
+# trainer passes config.data.max_bad_fraction / config.video_data.max_bad_fraction).
+_DEFAULT_MAX_BAD_FRACTION = 0.5
 EvalPreprocess = Literal["resize", "resize_shorter_center_crop"]
 _EVAL_PREPROCESS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "resize": preprocess.resize,
@@ -110,6 +119,7 @@ def make_train_iterator(
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
     color_jitter: float = 0.0,
+    max_bad_fraction: float = _DEFAULT_MAX_BAD_FRACTION,
 ) -> grain.DatasetIterator:
   """Endless iterator of `{"image": uint8 [global_batch_size // process_count, S, S, 3]}`.
 
@@ -117,10 +127,12 @@ def make_train_iterator(
   element) is split over the hosts by rows of each global batch, so any number of hosts
   trains on the same global batches (see `_endless_batches`). `get_state()` /
   `set_state()` (or orbax with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`)
-  resume on exactly the next batch. `prefetch_buffer_size` counts batches.
+  resume on exactly the next batch. `prefetch_buffer_size` counts batches. An unusable
+  image is skipped: the next usable element of `source` takes its place.
   """
+  info = _source_info(source, "image", max_bad_fraction)
   return _endless_batches(
-      source, _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
+      _NextGoodImageSource(source, info), _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size)
@@ -167,12 +179,18 @@ def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
 
 @dataclasses.dataclass(frozen=True)
 class _EvalView(grain.transforms.Map):
-  """Deterministic eval view of a real example, marked valid."""
+  """Deterministic eval view of a real example, marked valid; a masked-out padding
+  image in place of an unusable one."""
 
   size: int
   preprocess: EvalPreprocess
 
-  def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  def map(self, element: Any) -> dict[str, np.ndarray]:
+    view = _try_view(element, self._view)
+    return _Padding(self.size).map(0) if view is None else view
+
+  def _view(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    _check_image(element)
     image = _EVAL_PREPROCESS[self.preprocess](element["image"], self.size)
     return {"image": image, "mask": np.True_}
 
@@ -198,6 +216,7 @@ def make_eval_batches(
     preprocess: EvalPreprocess = "resize",
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
+    max_bad_fraction: float = _DEFAULT_MAX_BAD_FRACTION,
 ) -> grain.IterDataset:
   """One pass over `source` as `{"image": uint8 [b, S, S, 3], "mask": bool [b]}` batches.
 
@@ -205,12 +224,14 @@ def make_eval_batches(
   appears exactly once with `mask=True`, in a fixed order; the rest is padding
   with `mask=False`, so that every host yields the same number of batches
   (equal-step evaluation, as in big_vision) and no host waits in a collective.
-  The returned dataset can be iterated again and gives the same batches.
+  An unusable example is masked out like padding (and counted). The returned dataset
+  can be iterated again and gives the same batches.
   """
   if preprocess not in _EVAL_PREPROCESS:
     raise ValueError(f"preprocess must be one of {sorted(_EVAL_PREPROCESS)}, got {preprocess!r}.")
+  info = _source_info(source, "image", max_bad_fraction)
   return _padded_batches(
-      source, _EvalView(image_size, preprocess), _Padding(image_size),
+      _TolerantSource(source, info), _EvalView(image_size, preprocess), _Padding(image_size),
       global_batch_size=global_batch_size, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size)
@@ -231,47 +252,97 @@ def _padded_batches(source: Any, view: grain.transforms.Map, padding: grain.tran
   return ds.batch(local_batch_size).to_iter_dataset(read_options)
 
 
-# A train iterator raises once this fraction of a window of 1000 elements was skipped.
+# A clip train iterator also raises once this fraction of a window of 1000 elements was
+# skipped (grain's filter check), whatever max_bad_fraction says.
 _MAX_SKIPPED_RATIO = 0.5
 _skipped_lock = threading.Lock()
-_skipped_clips = 0
+_skipped_examples = 0
+_bad_ids: dict[str, set[int]] = {}
 
 
-def skipped_clip_count() -> int:
-  """Clips skipped so far in this process (train and eval), because their video could not
-  be read or was too short for a clip; each skip is also logged as a warning.
+class BadDataError(ValueError):
+  """Too many examples of a dataset cannot be used (the message names them)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceInfo:
+  """What a skip warning and the bad-fraction check need to know about a source."""
+
+  name: str
+  size: int
+  max_bad_fraction: float
+  key: str  # bad ids are collected per key: a TFDS split, or one source object
+
+
+def _source_info(source: Any, kind: str, max_bad_fraction: float) -> _SourceInfo:
+  info = getattr(source, "dataset_info", None)
+  if info is not None:
+    name = f"{info.full_name} split {getattr(source, 'split', None)!r}"
+    return _SourceInfo(name, len(source), max_bad_fraction, key=name)
+  return _SourceInfo(f"the {kind} source", len(source), max_bad_fraction,
+                     key=f"{kind} source {id(source)}")
+
+
+def skipped_example_count() -> int:
+  """Examples skipped so far in this process (train and eval, images and clips; a bad
+  image met again in a later epoch counts again); each skip is also logged.
 
   Counted per process: grain's reader threads share it; worker processes would not.
   """
   with _skipped_lock:
-    return _skipped_clips
+    return _skipped_examples
 
 
-def _skip_clip(index: int | None, error: str) -> None:
-  global _skipped_clips
+def _skip(info: _SourceInfo, index: int | None, error: str) -> None:
+  """Counts and logs one skipped example; raises BadDataError past the bad fraction."""
+  global _skipped_examples
   with _skipped_lock:
-    _skipped_clips += 1
+    _skipped_examples += 1
+    bad = _bad_ids.setdefault(info.key, set())
+    if index is not None:
+      bad.add(index)
+    too_many = len(bad) > info.max_bad_fraction * info.size
+    ids = sorted(bad)
   where = "an element" if index is None else f"element {index}"
-  logging.warning("Skipping %s of the video source: %s", where, error)
+  logging.warning("Skipping %s of %s: %s", where, info.name, error)
+  if too_many:
+    raise BadDataError(
+        f"{len(ids)} of the {info.size} examples of {info.name} cannot be used, more than "
+        f"max_bad_fraction={info.max_bad_fraction} (config.data / config.video_data); ids "
+        f"{ids[:50]}{' ...' if len(ids) > 50 else ''}; the last: {error}")
+
+
+def _check_image(element: Mapping[str, Any]) -> None:
+  image = element["image"]
+  if (not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3
+      or image.shape[-1] != 3 or 0 in image.shape):
+    raise ValueError(f"image is not uint8 [H, W, 3]: "
+                     f"{getattr(image, 'dtype', type(image).__name__)} "
+                     f"{getattr(image, 'shape', '')}")
 
 
 _INDEX_KEY = "_source_index"  # Added to every element read, for the skip warning.
 
 
+_INFO_KEY = "_source_info"  # ... and the source's _SourceInfo.
+
+
 @dataclasses.dataclass(frozen=True)
 class _ReadFailure:
-  """Stands in for an element whose read raised, until a clip view skips it."""
+  """Stands in for an element whose read raised, until a view skips it."""
 
   index: int
   error: str
+  info: _SourceInfo
 
 
 @dataclasses.dataclass(frozen=True)
 class _TolerantSource:
   """`source` whose failing reads become `_ReadFailure`s and whose elements carry
-  their index, so that clip views can skip them by name."""
+  their index and source, so that views can skip them by name."""
 
   source: Any
+  info: _SourceInfo
 
   def __len__(self) -> int:
     return len(self.source)
@@ -280,20 +351,49 @@ class _TolerantSource:
     try:
       element = self.source[index]
     except Exception as e:  # pylint: disable=broad-except; any read error is per element.
-      return _ReadFailure(int(index), f"{type(e).__name__}: {e}")
-    return {**element, _INDEX_KEY: int(index)}
+      return _ReadFailure(int(index), f"{type(e).__name__}: {e}", self.info)
+    return {**element, _INDEX_KEY: int(index), _INFO_KEY: self.info}
 
 
-def _try_clip(element: Any, make_clip: Callable[[Mapping[str, Any]], dict]) -> dict | None:
-  """`make_clip(element)`, or None (counted, logged) when the read failed or the video
-  cannot give a clip (`ValueError`: too short, not uint8 [T, H, W, 3])."""
+@dataclasses.dataclass(frozen=True)
+class _NextGoodImageSource:
+  """`source` in which an unusable image (failed read, not uint8 [H, W, 3]) is skipped
+  and the next usable element (cyclically) stands in its place: training batches stay
+  full and depend only on the global position, not on the number of hosts."""
+
+  source: Any
+  info: _SourceInfo
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Any:
+    size = len(self.source)
+    for offset in range(size):
+      candidate = (int(index) + offset) % size
+      try:
+        element = self.source[candidate]
+        _check_image(element)
+        return element
+      except BadDataError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except; any read error is per element.
+        _skip(self.info, candidate, f"{type(e).__name__}: {e}")
+    raise BadDataError(f"no example of {self.info.name} can be used")
+
+
+def _try_view(element: Any, make_view: Callable[[Mapping[str, Any]], dict]) -> dict | None:
+  """`make_view(element)`, or None (counted, logged) when the read failed or the example
+  cannot give a view (`ValueError`: a video too short, not uint8 [T, H, W, 3] / [H, W, 3])."""
   if isinstance(element, _ReadFailure):
-    _skip_clip(element.index, element.error)
+    _skip(element.info, element.index, element.error)
     return None
   try:
-    return make_clip(element)
+    return make_view(element)
+  except BadDataError:
+    raise
   except ValueError as e:
-    _skip_clip(element.get(_INDEX_KEY), f"{type(e).__name__}: {e}")
+    _skip(element[_INFO_KEY], element.get(_INDEX_KEY), f"{type(e).__name__}: {e}")
     return None
 
 
@@ -307,7 +407,7 @@ class _RandomClip(grain.transforms.RandomMap):
 
   def random_map(self, element: Any, rng: np.random.Generator) -> dict[str, Any] | None:
     """The clip, or None (dropped by grain) when `element` gives none."""
-    return _try_clip(element, lambda e: {
+    return _try_view(element, lambda e: {
         "video": video.random_clip(e["video"], rng, self.num_frames, self.size, self.scale)})
 
 
@@ -323,6 +423,7 @@ def make_clip_train_iterator(
     process_count: int,
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
+    max_bad_fraction: float = _DEFAULT_MAX_BAD_FRACTION,
 ) -> grain.DatasetIterator:
   """Endless iterator of `{"video": uint8 [global_batch_size // process_count, T, S, S, 3]}`.
 
@@ -330,11 +431,13 @@ def make_clip_train_iterator(
   per-epoch shuffle, seeding and resumable state, with a random clip (random
   start, one random square box) of every element instead of a random crop.
   Elements that fail to read or are too short are skipped (see
-  `skipped_clip_count`) and batches filled from the next ones; if over half of
-  a window of 1000 elements is skipped the iterator raises instead.
+  `skipped_example_count`) and batches filled from the next ones; past
+  `max_bad_fraction` of the split, or over half of a window of 1000 elements, the
+  iterator raises instead.
   """
+  info = _source_info(source, "video", max_bad_fraction)
   return _endless_batches(
-      _TolerantSource(source), _RandomClip(num_frames, image_size, tuple(crop_scale)),
+      _TolerantSource(source, info), _RandomClip(num_frames, image_size, tuple(crop_scale)),
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size, sparse=True)
@@ -349,7 +452,7 @@ class _ClipEvalView(grain.transforms.Map):
   size: int
 
   def map(self, element: Any) -> dict[str, np.ndarray]:
-    clip = _try_clip(element, self._clip)
+    clip = _try_view(element, self._clip)
     return _ClipPadding(self.num_frames, self.size).map(0) if clip is None else clip
 
   def _clip(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -382,17 +485,19 @@ def make_clip_eval_batches(
     process_count: int,
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
+    max_bad_fraction: float = _DEFAULT_MAX_BAD_FRACTION,
 ) -> grain.IterDataset:
   """One pass over `source` as `{"video": uint8 [b, T, S, S, 3], "mask": bool [b]}` batches.
 
   The video counterpart of `make_eval_batches` (same equal-step padding and
   order); each example becomes its centre clip unless it is already `T x S x S`.
   An example that fails to read or is too short becomes a padding clip
-  (`mask=False`, counted in `skipped_clip_count`): it is left out of the
+  (`mask=False`, counted in `skipped_example_count`): it is left out of the
   metrics, and every host still yields the same number of batches.
   """
+  info = _source_info(source, "video", max_bad_fraction)
   return _padded_batches(
-      _TolerantSource(source), _ClipEvalView(num_frames, image_size),
+      _TolerantSource(source, info), _ClipEvalView(num_frames, image_size),
       _ClipPadding(num_frames, image_size),
       global_batch_size=global_batch_size, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
