@@ -54,8 +54,8 @@ batch_script() {
   echo "#SBATCH --gpus-per-node=$gpus"
   echo "#SBATCH --cpus-per-task=$cpus"
   echo "#SBATCH --exclusive"
-  # SIGTERM 120 s before the time limit, for the trainer's preemption handling (issue #7;
-  # until it lands, a job stopped at its limit resumes from its last periodic checkpoint).
+  # SIGTERM to the tasks 120 s before the time limit: the trainer checkpoints the step it
+  # is on and exits 0 (README, "Reliability"); resubmitting resumes there.
   echo "#SBATCH --signal=TERM@120"
   echo "#SBATCH --output=$workdir/slurm-%j.out"
   [[ -z "$partition" ]] || echo "#SBATCH --partition=$partition"

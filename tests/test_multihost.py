@@ -3,9 +3,13 @@ jax.distributed on 127.0.0.1, checkpointing, restarting and resuming, against a
 single-process 8-device run of the same config; and the runtime switch's errors."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -29,8 +33,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _train_on_two_hosts(workdir: str, data_dir: str, *flags: str) -> list[str]:
-  """`python -m sweet_jax.main --distributed` as 2 processes; returns their logs."""
+def _start_two_hosts(workdir: str, data_dir: str, *flags: str) -> list[subprocess.Popen]:
+  """`python -m sweet_jax.main --distributed` as 2 processes (output merged, text)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              SWEET_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
              # The restarted processes reuse the first ones' compilations.
@@ -38,12 +42,17 @@ def _train_on_two_hosts(workdir: str, data_dir: str, *flags: str) -> list[str]:
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   port = _free_port()
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, "-m", "sweet_jax.main", "--config=configs/sweet_image.py:runlocal",
        f"--workdir={workdir}", "--distributed", f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={i}", *EPS, *flags],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
+
+
+def _train_on_two_hosts(workdir: str, data_dir: str, *flags: str) -> list[str]:
+  """`python -m sweet_jax.main --distributed` as 2 processes; returns their logs."""
+  procs = _start_two_hosts(workdir, data_dir, *flags)
   logs = []
   try:
     for proc in procs:
@@ -93,6 +102,40 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tmp_path, embedde
                           jax.tree.leaves(multi_state["params"])):
     # Same global batches in the same row order; only cross-process reductions differ.
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.expensive
+def test_sigterm_to_one_host_stops_both_at_one_checkpointed_step(tmp_path, embedded_data_dir):
+  """jax.distributed's preemption service: a SIGTERM to process 1 alone makes both
+  processes agree on a step, checkpoint it and exit 0."""
+  workdir = str(tmp_path / "preempted")
+  procs = _start_two_hosts(workdir, embedded_data_dir, "--config.total_steps=100000",
+                           "--config.checkpoint_every_steps=100000", "--config.log_every_steps=1")
+  logs = [[], []]
+  readers = [threading.Thread(target=lambda p=p, log=log: log.extend(p.stdout), daemon=True)
+             for p, log in zip(procs, logs)]  # (both pipes drained: no process blocks)
+  for reader in readers:
+    reader.start()
+  try:
+    deadline = time.time() + 300
+    while not re.search(r"\[3\] .*train/loss", "".join(logs[0])):  # until it is training
+      assert time.time() < deadline and procs[0].poll() is None, "".join(logs[0])[-4000:]
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    for proc in procs:
+      proc.wait(timeout=300)
+    for reader in readers:
+      reader.join(timeout=30)
+  finally:
+    for proc in procs:
+      proc.kill()
+  logs = ["".join(log) for log in logs]
+  for i, (proc, log) in enumerate(zip(procs, logs)):
+    assert proc.returncode == 0, f"process {i}:\n{log[-4000:]}"
+  steps = [int(re.search(r"checkpointing step (\d+) and stopping", log)[1]) for log in logs]
+  assert steps[0] == steps[1] >= 3
+  saved = [s for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert saved == [str(steps[0])]
 
 
 @pytest.mark.parametrize("kwargs,message", [
