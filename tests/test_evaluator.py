@@ -111,6 +111,7 @@ def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
 
   with config.unlocked():
     config.eval_batch_size = 8
+    config.video_data.max_bad_fraction = 0.5  # the mock videos are of random lengths
   skipped_before = pipeline.skipped_example_count()
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
     record = evaluator.evaluate_checkpoint(config, workdir, dataset="ucf101", split="test")

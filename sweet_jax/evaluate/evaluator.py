@@ -80,11 +80,11 @@ def evaluate_params(config: ml_collections.ConfigDict, components: Any, params: 
   if kind == "video":
     batches = pipeline.make_clip_eval_batches(
         source, global_batch_size=config.eval_batch_size, num_frames=data.num_frames,
-        image_size=data.image_size, **hosts)
+        image_size=data.image_size, max_bad_fraction=data.max_bad_fraction, **hosts)
   else:
     batches = pipeline.make_eval_batches(
         source, global_batch_size=config.eval_batch_size, image_size=data.image_size,
-        preprocess=data.eval_preprocess, **hosts)
+        preprocess=data.eval_preprocess, max_bad_fraction=data.max_bad_fraction, **hosts)
 
   # Reference statistics of the originals: cached, or computed in this pass and cached.
   cache_dir = default_cache_dir(config)
