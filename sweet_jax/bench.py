@@ -52,7 +52,9 @@ def _time_steps(step, state, batch, steps: int) -> tuple[list[float], float, flo
   compile_s = time.perf_counter() - t
   cost = compiled.jitted.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get("flops", 0.0))
+  # XLA counts the partitioned program, i.e. one device's share: the step's total is that
+  # times the devices.
+  flops = float(cost.get("flops", 0.0)) * len(jax.tree.leaves(batch)[0].sharding.device_set)
   for _ in range(2):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
