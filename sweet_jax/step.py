@@ -135,7 +135,7 @@ def _time_advanced(old: Any, new: Any) -> Any:
   return jax.tree.map(pick, old, new, is_leaf=lambda x: isinstance(x, time_nodes))
 
 
-def discard_unless_finite(finite: jax.Array, old: "TrainState", new: "TrainState") -> "TrainState":
+def discard_unless_finite(finite: jax.Array, old: TrainState, new: TrainState) -> TrainState:
   """`new` when `finite`, else `old` with only its step counters advanced: a non-finite
   step never reaches the parameters, moments, EMA or discriminator."""
   kept = old.replace(opt_state=_time_advanced(old.opt_state, new.opt_state))
