@@ -291,12 +291,14 @@ def test_color_jitter():
 
 
 class _BadImageSource:
-  """`_coded_source(n)` in which reading element `raises` raises and element `gray` is
-  a 2-D (grayscale) array."""
+  """`_coded_source(n)` in which reading element `raises` raises, element `floats` is a
+  float32 array and element `gray` is grayscale (usable: replicated to RGB)."""
 
-  def __init__(self, n: int, raises: int, gray: int):
+  def __init__(self, n: int, raises: int, floats: int, gray: int | None = None):
     self._examples = _coded_source(n)
-    self._examples[gray] = {"image": self._examples[gray]["image"][..., 0]}
+    self._examples[floats] = {"image": self._examples[floats]["image"].astype(np.float32)}
+    if gray is not None:
+      self._examples[gray] = {"image": self._examples[gray]["image"][..., 0]}
     self._raises = raises
 
   def __len__(self) -> int:
@@ -310,20 +312,21 @@ class _BadImageSource:
 
 def test_train_iterator_skips_unusable_images(caplog):
   before = pipeline.skipped_example_count()
-  it = _train_iterator(_BadImageSource(8, raises=2, gray=5), global_batch_size=8)
+  it = _train_iterator(_BadImageSource(8, raises=2, floats=5, gray=6), global_batch_size=8)
   seen = set()
   for _ in range(4):  # 4 epochs
     batch = next(it)["image"]
     assert batch.shape == (8, 32, 32, 3) and batch.dtype == np.uint8
     seen.update(_codes(batch))
-  assert seen == {0, 1, 3, 4, 6, 7}  # the next good element stood in for 2 and 5
+  assert seen == {0, 1, 3, 4, 6, 7}  # the next good element stood in for 2 and 5; 6 is gray
   assert pipeline.skipped_example_count() - before >= 2
   assert "element 2 of the image source: ValueError: corrupt PNG" in caplog.text
-  assert "element 5 of the image source: ValueError: image is not uint8 [H, W, 3]" in caplog.text
+  assert "element 5 of the image source: ValueError: Expected a uint8 image, got dtype float32" \
+      in caplog.text
 
 
 def test_hosts_agree_on_the_batches_with_unusable_images():
-  source = _BadImageSource(8, raises=2, gray=5)
+  source = _BadImageSource(8, raises=2, floats=5)
   single = next(_train_iterator(source, global_batch_size=8))["image"]
   hosts = [next(_train_iterator(source, global_batch_size=8, process_index=p, process_count=2))
            for p in range(2)]
@@ -331,7 +334,7 @@ def test_hosts_agree_on_the_batches_with_unusable_images():
 
 
 def test_too_many_unusable_images_stop_with_their_ids():
-  it = _train_iterator(_BadImageSource(8, raises=2, gray=5), global_batch_size=8,
+  it = _train_iterator(_BadImageSource(8, raises=2, floats=5), global_batch_size=8,
                        max_bad_fraction=0.2)  # 1 of 8 allowed
   with pytest.raises(pipeline.BadDataError,
                      match=r"2 of the 8 examples of the image source cannot be used, more than "
@@ -342,7 +345,7 @@ def test_too_many_unusable_images_stop_with_their_ids():
 
 def test_eval_batches_mask_out_unusable_images():
   batches = list(pipeline.make_eval_batches(
-      _BadImageSource(6, raises=2, gray=5), global_batch_size=4, image_size=8,
+      _BadImageSource(6, raises=2, floats=5), global_batch_size=4, image_size=8,
       process_index=0, process_count=1))
   masks = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(masks, [1, 1, 0, 1, 1, 0, 0, 0])

@@ -7,8 +7,9 @@ of (seed, element index); each host takes its rows of every global batch, so the
 batches do not depend on the number of hosts, and the iterator resumes from a small
 JSON state. Evaluation reads each host's `process_index::process_count` slice.
 
-An example that cannot be used (an image or video that fails to decode, a shape or
-dtype other than uint8 [H, W, 3] / [T, H, W, 3], a video shorter than the clip) is
+An example that cannot be used (an image or video that fails to decode, an image that
+is not uint8 [H, W] or [H, W, 1|3|4] (gray is replicated, alpha dropped), a video not
+uint8 [T, H, W, 3] or shorter than the clip) is
 skipped with a warning naming it and counted in `skipped_example_count()`, not fatal:
 one bad file in ImageNet or UCF-101 should not end a run. Once more than
 `max_bad_fraction` of a split's examples have been found bad, reading raises
@@ -190,7 +191,6 @@ class _EvalView(grain.transforms.Map):
     return _Padding(self.size).map(0) if view is None else view
 
   def _view(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    _check_image(element)
     image = _EVAL_PREPROCESS[self.preprocess](element["image"], self.size)
     return {"image": image, "mask": np.True_}
 
@@ -312,15 +312,6 @@ def _skip(info: _SourceInfo, index: int | None, error: str) -> None:
         f"{ids[:50]}{' ...' if len(ids) > 50 else ''}; the last: {error}")
 
 
-def _check_image(element: Mapping[str, Any]) -> None:
-  image = element["image"]
-  if (not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3
-      or image.shape[-1] != 3 or 0 in image.shape):
-    raise ValueError(f"image is not uint8 [H, W, 3]: "
-                     f"{getattr(image, 'dtype', type(image).__name__)} "
-                     f"{getattr(image, 'shape', '')}")
-
-
 _INDEX_KEY = "_source_index"  # Added to every element read, for the skip warning.
 
 
@@ -357,7 +348,7 @@ class _TolerantSource:
 
 @dataclasses.dataclass(frozen=True)
 class _NextGoodImageSource:
-  """`source` in which an unusable image (failed read, not uint8 [H, W, 3]) is skipped
+  """`source` in which an unusable image (a failed read, not uint8 [H, W, 1|3|4]) is skipped
   and the next usable element (cyclically) stands in its place: training batches stay
   full and depend only on the global position, not on the number of hosts."""
 
@@ -373,8 +364,7 @@ class _NextGoodImageSource:
       candidate = (int(index) + offset) % size
       try:
         element = self.source[candidate]
-        _check_image(element)
-        return element
+        return {**element, "image": preprocess.rgb_uint8(element["image"])}
       except BadDataError:
         raise
       except Exception as e:  # pylint: disable=broad-except; any read error is per element.
@@ -384,7 +374,8 @@ class _NextGoodImageSource:
 
 def _try_view(element: Any, make_view: Callable[[Mapping[str, Any]], dict]) -> dict | None:
   """`make_view(element)`, or None (counted, logged) when the read failed or the example
-  cannot give a view (`ValueError`: a video too short, not uint8 [T, H, W, 3] / [H, W, 3])."""
+  cannot give a view (`ValueError`: not a uint8 image, a video too short or not uint8
+  [T, H, W, 3])."""
   if isinstance(element, _ReadFailure):
     _skip(element.info, element.index, element.error)
     return None

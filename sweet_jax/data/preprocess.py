@@ -49,7 +49,7 @@ def random_resized_crop(
   lo, hi = scale
   if not 0.0 < lo <= hi <= 1.0:
     raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}.")
-  image = _rgb_uint8(image)
+  image = rgb_uint8(image)
   height, width = image.shape[:2]
   side = rng.uniform(lo, hi) * min(height, width)
   left = rng.uniform(0.0, width - side)
@@ -67,7 +67,7 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
   """
   if not 0.0 <= strength < 1.0:
     raise ValueError(f"color jitter strength must be in [0, 1), got {strength}.")
-  image = _rgb_uint8(image)
+  image = rgb_uint8(image)
   gains = rng.uniform(1.0 - strength, 1.0 + strength, size=3).astype(np.float32)
   jittered = image[..., rng.permutation(3)].astype(np.float32) * gains
   return np.clip(np.rint(jittered), 0, 255).astype(np.uint8)
@@ -78,7 +78,7 @@ def resize_shorter_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
   Computed as one resize of the central square, which is the same region.
   """
-  image = _rgb_uint8(image)
+  image = rgb_uint8(image)
   height, width = image.shape[:2]
   side = min(height, width)
   left, top = (width - side) / 2, (height - side) / 2
@@ -87,13 +87,14 @@ def resize_shorter_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
   """Resizes the whole image to `size`² (the aspect ratio is not kept)."""
-  image = _rgb_uint8(image)
+  image = rgb_uint8(image)
   height, width = image.shape[:2]
   return _crop_resize(image, (0, 0, width, height), size)
 
 
-def _rgb_uint8(image: np.ndarray) -> np.ndarray:
-  """Validates dtype and shape; returns a non-empty uint8 (h, w, 3) array."""
+def rgb_uint8(image: np.ndarray) -> np.ndarray:
+  """Validates dtype and shape; returns a non-empty uint8 (h, w, 3) array (gray replicated,
+  alpha dropped). Raises ValueError for anything else."""
   image = np.asarray(image)
   if image.dtype != np.uint8:
     raise ValueError(f"Expected a uint8 image, got dtype {image.dtype}.")
