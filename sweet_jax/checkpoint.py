@@ -173,16 +173,20 @@ def check_workdir_writable(workdir: str) -> None:
 
 
 def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
-  """Fails at start when the workdir's disk cannot hold `keep` + 1 checkpoints (orbax
-  writes the next one before deleting the oldest) of `checkpoint_bytes` each."""
+  """Fails at start when the workdir's disk cannot hold the checkpoints still to come:
+  `keep` + 1 (orbax writes the next one before deleting the oldest) of `checkpoint_bytes`
+  each, less those already there."""
   if "://" in workdir:
     return
+  directory = os.path.join(workdir, "checkpoints")
+  present = sum(name.isdigit() for name in os.listdir(directory)) if os.path.isdir(directory) else 0
+  missing = max(keep + 1 - present, 1)
   free = shutil.disk_usage(workdir).free
-  need = (keep + 1) * checkpoint_bytes
+  need = missing * checkpoint_bytes
   if free < need:
     gib = lambda b: f"{b / 2**30:.2f} GiB"
-    raise OSError(f"the workdir {workdir} has {gib(free)} free, but {keep} + 1 checkpoints of "
-                  f"{gib(checkpoint_bytes)} need {gib(need)} (config.keep_checkpoints={keep}); "
+    raise OSError(f"the workdir {workdir} has {gib(free)} free, but {missing} more checkpoints "
+                  f"of {gib(checkpoint_bytes)} need {gib(need)} (config.keep_checkpoints={keep}); "
                   "free some space, choose another --workdir, or keep fewer checkpoints")
 
 

@@ -149,7 +149,7 @@ def test_full_disk_fails_at_start(tmp_path, embedded_data_dir, monkeypatch):
   import shutil  # pylint: disable=g-import-not-at-top
   usage = shutil.disk_usage(tmp_path)
   monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
-  message = r"has 0.00 GiB free, but 3 \+ 1 checkpoints .*keep_checkpoints=3"
+  message = r"has 0.00 GiB free, but 4 more checkpoints .*keep_checkpoints=3"
   with pytest.raises(OSError, match=message):
     train_and_evaluate(runlocal(embedded_data_dir), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
