@@ -1,8 +1,12 @@
 """Test set-up: 8 virtual CPU devices (so sharding is real), parsed absl flags, a
 per-run compilation cache (several tests compile the same train step), a fresh
-language-codebook cache, and a small hand-made word graph for quantizer tests."""
+language-codebook cache, a small hand-made word graph for quantizer tests, `start_main`
+for the tests that run (and kill) the trainer as a process, and the `expensive` tests
+collected first."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -73,8 +77,6 @@ def clips_data_dir(tmp_path_factory) -> str:
 def start_main():
   """`start(*flags, data_dir=None)` starts `python -m sweet_jax.main` (stdout and stderr
   merged, text) with this session's devices and compilation cache; killed at teardown."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   procs = []
 
