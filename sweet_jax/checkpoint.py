@@ -112,15 +112,16 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator, *,
            force: bool = False) -> bool:
     """Saves if the interval (or `force`) says so; returns whether a save started."""
-    if force or self.manager.should_save(step):
-      logging.info("Writing the checkpoint of step %d", step)
+    if not (force or self.manager.should_save(step)):
+      return False
+    logging.info("Writing the checkpoint of step %d", step)
     return self.manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
         ),
-        force=force,
+        force=True,  # decided above (orbax would ask should_save again)
     )
 
   def save_state(self, step: int, state: Any) -> None:

@@ -570,9 +570,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         history.append(metrics)
         report(step)
         preempted = watch.reached(step)
-        force_save = preempted or step in (last_step, stage.end)
+        saving = preempted or step in (last_step, stage.end) or checkpointer.should_save(step)
         log_now = step % config.log_every_steps == 0 or step == stage.end
-        if log_now or force_save or checkpointer.should_save(step):
+        if log_now or saving:
           # Before anything is logged or saved: the flags of the steps since the last look.
           try:
             finite_history += guard.observe(step - len(history), jax.device_get(history),
@@ -599,7 +599,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           eval_steps=evaluator_steps)
         if has_curriculum and step == stage.end:
           end_of_stage(stage, step)
-        checkpointer.save(step, state, train_iter, force=force_save)
+        if saving:
+          checkpointer.save(step, state, train_iter, force=True)
     train_seconds = time.time() - train_start
 
     checkpointer.wait_until_finished()

@@ -9,9 +9,9 @@ JSON state. Evaluation reads each host's `process_index::process_count` slice.
 
 An example that cannot be used (an image or video that fails to decode, an image that
 is not uint8 [H, W] or [H, W, 1|3|4] (gray is replicated, alpha dropped), a video not
-uint8 [T, H, W, 3] or shorter than the clip) is
-skipped with a warning naming it and counted in `skipped_example_count()`, not fatal:
-one bad file in ImageNet or UCF-101 should not end a run. Once more than
+uint8 [T, H, W, 3] or shorter than the clip) is skipped with a warning naming it and
+counted in `skipped_example_count()`, not fatal: one bad file in ImageNet or UCF-101
+should not end a run. Once more than
 `max_bad_fraction` of a split's examples have been found bad, reading raises
 `BadDataError` naming the dataset and the example ids. Training skips a bad image by
 taking the next good element of the source in its place (so the batches stay full and
@@ -133,7 +133,8 @@ def make_train_iterator(
   """
   info = _source_info(source, "image", max_bad_fraction)
   return _endless_batches(
-      _NextGoodImageSource(source, info), _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
+      _NextGoodImageSource(_TolerantSource(source, info)),
+      _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size)
@@ -352,8 +353,7 @@ class _NextGoodImageSource:
   and the next usable element (cyclically) stands in its place: training batches stay
   full and depend only on the global position, not on the number of hosts."""
 
-  source: Any
-  info: _SourceInfo
+  source: _TolerantSource
 
   def __len__(self) -> int:
     return len(self.source)
@@ -361,15 +361,15 @@ class _NextGoodImageSource:
   def __getitem__(self, index: int) -> Any:
     size = len(self.source)
     for offset in range(size):
-      candidate = (int(index) + offset) % size
-      try:
-        element = self.source[candidate]
-        return {**element, "image": preprocess.rgb_uint8(element["image"])}
-      except BadDataError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except; any read error is per element.
-        _skip(self.info, candidate, f"{type(e).__name__}: {e}")
-    raise BadDataError(f"no example of {self.info.name} can be used")
+      image = _try_view(self.source[(int(index) + offset) % size], _rgb_image)
+      if image is not None:
+        return image
+    raise BadDataError(f"no example of {self.source.info.name} can be used")
+
+
+def _rgb_image(element: Mapping[str, Any]) -> dict[str, Any]:
+  """The element with its image as uint8 [H, W, 3] (ValueError when it cannot be)."""
+  return {**element, "image": preprocess.rgb_uint8(element["image"])}
 
 
 def _try_view(element: Any, make_view: Callable[[Mapping[str, Any]], dict]) -> dict | None:
