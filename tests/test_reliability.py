@@ -233,3 +233,81 @@ def test_too_many_corrupt_images_stop_the_run_naming_them(corrupt_photos_dir, tm
                      match=r"1 of the 9 examples of corrupt_photos/1.0.0 split 'train' cannot be "
                            r"used, more than max_bad_fraction=0.1 .*ids \[\d\]"):
     train_and_evaluate(_corrupt_photos_config(corrupt_photos_dir, 0.1), str(tmp_path))
+
+
+class _HalfStream(np.ndarray):
+  """A clip marked to be stored with its compressed stream cut in half."""
+
+
+class _ClipTensor(tfds.features.Tensor):
+  """zlib-compressed uint8 clips; a `_HalfStream` clip is written truncated, so reading it
+  fails in zlib as a record damaged on disk would."""
+
+  def encode_example(self, example_data):
+    encoded = super().encode_example(np.asarray(example_data))
+    if isinstance(example_data, _HalfStream):
+      encoded = dict(encoded, value=encoded["value"][:len(encoded["value"]) // 2])
+    return encoded
+
+
+class CorruptClips(tfds.core.GeneratorBasedBuilder):
+  """A real TFDS video dataset of 10 training and 8 evaluation clips of 12x40x40: in each
+  split one record does not decompress; in the training split another holds a clip of 4
+  frames, shorter than the 9 the runlocal config takes."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "video": _ClipTensor(shape=(None, None, None, 3), dtype=np.uint8,
+                             encoding=tfds.features.Encoding.ZLIB)}), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(10), "eval": self._generate_examples(8)}
+
+  def _generate_examples(self, n):
+    rng = np.random.default_rng(n)
+    for i in range(n):
+      clip = rng.integers(0, 256, (12, 40, 40, 3), np.uint8)
+      if i == 3:
+        clip = clip.view(_HalfStream)
+      elif i == 6 and n == 10:
+        clip = clip[:4]
+      yield i, {"video": clip}
+
+
+@pytest.fixture(scope="module")
+def corrupt_clips_dir(tmp_path_factory) -> str:
+  data_dir = str(tmp_path_factory.mktemp("corrupt_clips_tfds"))
+  CorruptClips(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def _corrupt_clips_config(data_dir: str, max_bad_fraction: float):
+  """The video runlocal config on the corrupt clips alone: its temporal stage (2 steps)."""
+  config = sweet_video.get_config("runlocal")
+  with config.unlocked():
+    config.curriculum.order = ("temporal",)
+    config.video_data.update(name="corrupt_clips", data_dir=data_dir,
+                             max_bad_fraction=max_bad_fraction)
+  return config
+
+
+def test_corrupt_clips_are_skipped_counted_and_logged(corrupt_clips_dir, tmp_path, caplog):
+  caplog.set_level("INFO")
+  before = pipeline.skipped_example_count()
+  metrics = train_and_evaluate(_corrupt_clips_config(corrupt_clips_dir, 0.25), str(tmp_path))
+  assert metrics["step"] == 2 and np.isfinite(metrics["psnr"])
+  assert metrics["skipped_examples"] - before >= 2  # (the eval one and a training read)
+  assert re.search(r"Skipping element 3 of corrupt_clips/1.0.0 split 'eval': error: Error -5 "
+                   r"while decompressing", caplog.text)
+  assert re.search(r"split 'train': (error: Error -5|ValueError: .*4 frames)", caplog.text)
+  assert re.search(r"train/skipped_examples=[1-9]", caplog.text)
+
+
+def test_too_many_corrupt_clips_stop_the_run_naming_them(corrupt_clips_dir, tmp_path):
+  with pytest.raises(pipeline.BadDataError,
+                     match=r"2 of the 10 examples of corrupt_clips/1.0.0 split 'train' cannot "
+                           r"be used, more than max_bad_fraction=0.1 .*ids \[3, 6\]"):
+    train_and_evaluate(_corrupt_clips_config(corrupt_clips_dir, 0.1), str(tmp_path))
