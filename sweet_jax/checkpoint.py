@@ -17,6 +17,8 @@ from absl import logging
 from etils import epath
 from flax import linen as nn
 from orbax.checkpoint import checkpoint_managers as policies
+from orbax.checkpoint._src.serialization import jax_array_handlers
+
 
 T = TypeVar("T")
 
@@ -25,10 +27,26 @@ class NoValidCheckpointError(RuntimeError):
   """Every checkpoint in the directory failed to restore (none was moved or deleted)."""
 
 
+def _single_host_array_writes() -> None:
+  """On one host, arrays are written without orbax's replica-parallel split.
+
+  Replica-parallel saving has each replica of a replicated array write a slice of it,
+  which spreads the writes of a multi-host job over its hosts. On one host the replicas
+  share one memory and one disk, and the split only costs slicing programs: XLA compiles
+  them on the first save (5 s of the runlocal config's first save here, 0.4 s without;
+  later saves 0.5 s against 0.1 s). Registered process-wide, as orbax's type handlers
+  are; multi-host runs keep orbax's default.
+  """
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, jax_array_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
   """Saves/restores `{"state": pytree, "data": grain iterator}` in a workdir."""
 
   def __init__(self, directory: str, *, max_to_keep: int, save_interval_steps: int):
+    _single_host_array_writes()
     self.manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
