@@ -40,6 +40,7 @@ def test_plan_covers_every_curriculum_step():
   assert result["stages"][0]["data"] == "image" and result["stages"][2]["data"] == "video"
 
 
+@pytest.mark.slow  # 65 s: a second process on 16 virtual devices (plan itself: the test above)
 def test_plan_command_restarts_with_the_target_mesh(tmp_path):
   out = tmp_path / "plan.json"
   result = subprocess.run(
