@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.alignment import AlignmentProjector
+from sweet_jax.alignment import AlignmentProjector, projector_input
 from sweet_jax.models.layers import ComputeOptions, param_init, unpatchify
 from sweet_jax.models.vit import VIT_SIZES, ViT
 from sweet_jax.quantizers.softvq import SoftVectorQuantizer
@@ -152,6 +152,8 @@ class SoftVQVAE(nn.Module):
   # the projector's hidden width (official `repa_proj_dim`).
   align_width: int = 0
   align_hidden: int = 1024
+  # How latents meet teacher patches (alignment.py): "global" projects the mean latent.
+  align_mode: str = "repeat"
   compute_dtype: str = "float32"
   remat: str = "none"
 
@@ -213,7 +215,7 @@ class SoftVQVAE(nn.Module):
     """-> (reconstruction, aux); aux["aligned"] [B,L,align_width] when alignment is on."""
     codes, aux = self.quantize(self.encode(images), quantizer_mix, train)
     if self.projector is not None:
-      aux = {**aux, "aligned": self.projector(codes)}
+      aux = {**aux, "aligned": self.projector(projector_input(codes, self.align_mode))}
     return self.decode(codes), aux
 
   @property
@@ -222,7 +224,8 @@ class SoftVQVAE(nn.Module):
     return self.num_latent_tokens * self.make_quantizer(parent=None).bits_per_token()
 
   def index_groups(self) -> dict[str, tuple[tuple[int, ...] | None, int]]:
-    return self.make_quantizer(parent=None).index_groups()
+    """One entry per group codebook (usage is counted per codebook)."""
+    return self.make_quantizer(parent=None).index_groups(self.num_latent_tokens)
 
 
 def count_parameters(model: nn.Module, batch: int = 1) -> dict[str, int]:
