@@ -538,10 +538,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if restored is None:
       logging.info("Starting from scratch in %s", workdir)
       state, train_iter, iter_stage = c.init_state(), None, None
-      logging.info("Parameters: %d",
-                   sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
     else:
       _, (state, train_iter, iter_stage) = restored
+
+    num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(c.abstract_state.params))
+    logging.info("Parameters: %d", num_parameters)
 
     def run_eval(step: int, prefix: str) -> Any:
       if takes_clips:
@@ -648,7 +649,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.warning("Preempted: stopped at step %d with its checkpoint written", step)
       return {"step": step, "preempted": True, "train_seconds": round(train_seconds, 1)}
     final = last_result if last_result is not None and step == total else run_eval(step, "final")
-  eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1),
+  eval_metrics = dict(final.metrics, step=step, parameters=num_parameters,
+                      train_seconds=round(train_seconds, 1),
                       nonfinite_steps=guard.total,
                       skipped_examples=pipeline.skipped_example_count())
   if has_curriculum:
