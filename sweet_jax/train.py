@@ -49,9 +49,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.data.image_size != image_size:
     raise ValueError(f"config.data.image_size={config.data.image_size} differs from "
                      f"config.model.image_size={image_size}")
-  if config.model.width % config.model.num_heads:
-    raise ValueError(f"config.model.width={config.model.width} is not divisible by "
-                     f"config.model.num_heads={config.model.num_heads}")
+  for prefix in ("", "encoder_", "decoder_"):  # (the 1-D tokenizers size each half)
+    width, heads = f"{prefix}width", "num_heads" if not prefix else f"{prefix}heads"
+    if width in config.model and config.model[width] % config.model[heads]:
+      raise ValueError(f"config.model.{width}={config.model[width]} is not divisible by "
+                       f"config.model.{heads}={config.model[heads]}")
+  if config.loss.alignment > 0 and not config.model.get("align_width"):
+    raise ValueError(f"config.loss.alignment={config.loss.alignment} needs a model with an "
+                     "alignment projector: set config.model.align_width to the teacher's width "
+                     "(SoftVQ-VAE), or config.loss.alignment=0")
   if config.model.get("quantizer_type") == "mlc" and config.model.code_dim % 2:
     raise ValueError(f"config.model.code_dim={config.model.code_dim} must be even: the MLC "
                      "quantizer splits each token into an adjective half and a noun half")
@@ -224,6 +230,9 @@ def build_components(config: ml_collections.ConfigDict,
   input_shape = (config.data.image_size, config.data.image_size, 3)
   if takes_clips:
     input_shape = (config.model.num_frames,) + input_shape
+  teacher = None
+  if uses_term(stages, "alignment"):
+    teacher, teacher_variables = load_alignment_teacher(config, model)
   perceptual = LPIPS(config.perceptual.network) if uses_term(stages, "perceptual") else None
   discriminator = make_discriminator(config, takes_clips) if uses_term(stages, "adversarial") else None
   disc_tx = make_discriminator_optimizer(config, loss_weights) if discriminator else None
@@ -247,14 +256,16 @@ def build_components(config: ml_collections.ConfigDict,
     check_adaptive_layer(abstract.params, config.gan.adaptive_layer)
   frozen = load_frozen_networks(config, mesh, perceptual, eval_lpips, eval_i3d, eval_inception,
                                 materialize=not abstract_frozen)
+  if teacher is not None:
+    frozen["teacher"] = replicate_frozen(teacher_variables, mesh, materialize=not abstract_frozen)
   frozen_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), frozen)
   gan = GanOptions(
       lecam_weight=config.gan.lecam_weight, lecam_decay=config.gan.lecam_decay,
       disc_loss_weight=config.gan.disc_loss_weight, adaptive_weight=config.gan.adaptive_weight,
       adaptive_max=config.gan.adaptive_max, adaptive_layer=config.gan.adaptive_layer)
 
-  def jitted_step(variant: tuple[bool, bool, bool]):
-    quantizer_train, with_perceptual, with_gan = variant
+  def jitted_step(variant: tuple[bool, bool, bool, bool]):
+    quantizer_train, with_perceptual, with_gan, with_alignment = variant
     step = jax.jit(
         make_train_step(model, tx, learning_rate=schedule, loss_weights=loss_weights,
                         quantizer_mix=optim.linear_ramp(config.quantizer_warmup_steps),
@@ -262,19 +273,21 @@ def build_components(config: ml_collections.ConfigDict,
                         perceptual=perceptual if with_perceptual else None,
                         discriminator=discriminator if with_gan else None, disc_tx=disc_tx,
                         gan=gan, ema_decay=config.ema.decay, param_groups=tuple(groups),
-                        inject_nan_at_step=config.inject_nan_at_step),
+                        inject_nan_at_step=config.inject_nan_at_step,
+                        teacher=teacher if with_alignment else None),
         in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,))
     return BoundStep(step, frozen)
 
-  # One jitted function per variant (quantizer mode, perceptual and GAN terms on or off):
-  # a stage switch compiles at most once (for the new batch shape or variant); stages
-  # alike share the compiled step.
-  def variant(stage: curriculum.Stage) -> tuple[bool, bool, bool]:
+  # One jitted function per variant (quantizer mode; perceptual, GAN and alignment terms
+  # on or off): a stage switch compiles at most once (for the new batch shape or variant);
+  # stages alike share the compiled step.
+  def variant(stage: curriculum.Stage) -> tuple[bool, bool, bool, bool]:
     weights = dict(stage.loss)
     return (trains_quantizer(stage), perceptual is not None and weights["perceptual"] > 0,
-            discriminator is not None and weights["adversarial"] > 0)
+            discriminator is not None and weights["adversarial"] > 0,
+            teacher is not None and weights["alignment"] > 0)
 
   steps_by_variant = {v: jitted_step(v) for v in {variant(s) for s in stages}}
   stage_steps = {s.name: steps_by_variant[variant(s)] for s in stages}
@@ -359,11 +372,36 @@ def load_frozen_networks(config: ml_collections.ConfigDict, mesh: Mesh,
   if eval_inception is not None:
     from sweet_jax.evaluate.inception import load_inception_variables  # pylint: disable=g-import-not-at-top
     frozen["inception"] = load_inception_variables(config.eval.inception_weights)
+  return replicate_frozen(frozen, mesh, materialize=materialize)
+
+
+def load_alignment_teacher(config: ml_collections.ConfigDict,
+                           model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+  """The alignment term's frozen teacher (config.alignment), resampled to the model's
+  patch and image size, checked against the model's projector width."""
+  from sweet_jax.models import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  align_width = getattr(model, "align_width", 0)
+  if not align_width:
+    raise ValueError(f"config.loss.alignment > 0 needs a model with an alignment projector "
+                     f"(SoftVQ-VAE: set config.model.align_width to the teacher's width); "
+                     f"model {config.model.name!r} has none")
+  module, variables = teacher_lib.load_teacher(
+      config.alignment.teacher_path, image_size=config.model.image_size,
+      patch_size=config.model.patch_size, num_heads=config.alignment.teacher_heads)
+  if module.width != align_width:
+    raise ValueError(f"the teacher {config.alignment.teacher_path} has width {module.width}, "
+                     f"config.model.align_width={align_width}: set it to {module.width}")
+  return module, variables
+
+
+def replicate_frozen(tree: Any, mesh: Mesh, *, materialize: bool = True) -> Any:
+  """A frozen network's parameters replicated over the mesh (without `materialize`: their
+  shapes, with that sharding)."""
   replicated = parallel.replicated(mesh)
   if not materialize:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=replicated),
-                        frozen)
-  return jax.device_put(frozen, replicated)
+                        tree)
+  return jax.device_put(tree, replicated)
 
 
 def trains_quantizer(stage: curriculum.Stage) -> bool:
@@ -500,10 +538,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if restored is None:
       logging.info("Starting from scratch in %s", workdir)
       state, train_iter, iter_stage = c.init_state(), None, None
-      logging.info("Parameters: %d",
-                   sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
     else:
       _, (state, train_iter, iter_stage) = restored
+
+    num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(c.abstract_state.params))
+    logging.info("Parameters: %d", num_parameters)
 
     def run_eval(step: int, prefix: str) -> Any:
       if takes_clips:
@@ -610,7 +649,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.warning("Preempted: stopped at step %d with its checkpoint written", step)
       return {"step": step, "preempted": True, "train_seconds": round(train_seconds, 1)}
     final = last_result if last_result is not None and step == total else run_eval(step, "final")
-  eval_metrics = dict(final.metrics, step=step, train_seconds=round(train_seconds, 1),
+  eval_metrics = dict(final.metrics, step=step, parameters=num_parameters,
+                      train_seconds=round(train_seconds, 1),
                       nonfinite_steps=guard.total,
                       skipped_examples=pipeline.skipped_example_count())
   if has_curriculum:

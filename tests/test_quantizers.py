@@ -61,6 +61,17 @@ def test_entropy_penalty_prefers_confident_and_diverse_assignments():
   np.testing.assert_allclose(unsure, 0.0, atol=1e-4)
 
 
+def test_codebook_init_options():
+  latents = jnp.zeros((1, 2, 4))
+  normal = nn.unbox(VectorQuantizer(256, 4).init(jax.random.key(0), latents))["params"]["codebook"]
+  uniform = nn.unbox(VectorQuantizer(256, 4, codebook_init="uniform").init(
+      jax.random.key(0), latents))["params"]["codebook"]
+  assert float(jnp.abs(normal).max()) > 1.0  # the default stays N(0, 1)
+  assert float(jnp.abs(uniform).max()) <= 1 / 256 and float(jnp.std(uniform)) > 1 / 512  # TiTok
+  with pytest.raises(ValueError, match="codebook_init 'zeros'"):
+    VectorQuantizer(256, 4, codebook_init="zeros").init(jax.random.key(0), latents)
+
+
 def test_linear_ramp():
   ramp = linear_ramp(10)
   assert float(ramp(0)) == 0.0 and float(ramp(5)) == 0.5 and float(ramp(20)) == 1.0

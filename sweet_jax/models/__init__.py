@@ -11,6 +11,8 @@ from flax import linen as nn
 MODELS: dict[str, str] = {
     "cqae_image": "sweet_jax.models.cqae:ImageCQAE",
     "cqae_video": "sweet_jax.models.video_cqae:VideoCQAE",
+    "softvq": "sweet_jax.models.softvq:SoftVQVAE",
+    "titok": "sweet_jax.models.titok:TiTok",
 }
 
 

@@ -188,6 +188,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
   hidden_dim: int
   dtype: jnp.dtype = jnp.float32  # compute dtype; the output is x's dtype
+  # Flax's default tanh-approximated GELU; False gives the exact erf GELU of
+  # torch's nn.GELU, which timm's ViTs (DINOv2) use.
+  approximate_gelu: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,7 +203,7 @@ class Mlp(nn.Module):
         bias_init=param_init(nn.initializers.zeros, ("mlp",)),
         name="fc1",
     )(x)
-    h = nn.gelu(h)
+    h = nn.gelu(h, approximate=self.approximate_gelu)
     return nn.Dense(
         width,
         dtype=self.dtype,
@@ -218,6 +221,12 @@ class Block(nn.Module):
   `position_conv`, tokens that form a square grid first get a depthwise 3x3
   convolution added (the official code's PEG, "positional encoding generator").
   `causal` makes the self-attention causal (the temporal transformers).
+
+  With `layer_scale_init` (DINOv2 / CaiT LayerScale, timm's `init_values`), the
+  attention and MLP branch outputs are multiplied by learned per-channel gammas
+  `ls1` and `ls2` initialised to that value (1e-5 in DINOv2), so a deep stack starts
+  close to the identity (a cross-attention branch, which DINOv2 does not have, is
+  not scaled). Unset, the block has no such parameters and is unchanged.
   """
 
   num_heads: int
@@ -227,6 +236,15 @@ class Block(nn.Module):
   causal: bool = False
   attention: AttentionOptions = AttentionOptions()
   dtype: jnp.dtype = jnp.float32  # compute dtype of the matmuls (ComputeOptions)
+  layer_scale_init: float | None = None
+  approximate_gelu: bool = True  # False: exact erf GELU (timm / torch nn.GELU)
+
+  def _layer_scale(self, name: str, branch: jax.Array) -> jax.Array:
+    if self.layer_scale_init is None:
+      return branch
+    init = nn.initializers.constant(self.layer_scale_init)
+    gamma = self.param(name, param_init(init, ("embed",)), (branch.shape[-1],))
+    return branch * gamma.astype(branch.dtype)
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -237,15 +255,17 @@ class Block(nn.Module):
     head_dim = width // self.num_heads
     if self.position_conv:
       x = x + PositionConv(name="peg")(x)
-    x = x + Attention(self.num_heads, head_dim, self.attention, self.causal, self.dtype,
-                      name="self_attn")(LayerNorm(name="ln_self")(x))
+    x = x + self._layer_scale("ls1", Attention(
+        self.num_heads, head_dim, self.attention, self.causal, self.dtype,
+        name="self_attn")(LayerNorm(name="ln_self")(x)))
     if self.cross_attention:
       if context is None:
         raise ValueError("a cross-attention block needs a context")
       x = x + Attention(self.num_heads, head_dim, self.attention, dtype=self.dtype,
                         name="cross_attn")(
           LayerNorm(name="ln_cross")(x), LayerNorm(name="ln_context")(context), cross_bias)
-    x = x + Mlp(int(width * self.mlp_ratio), self.dtype, name="mlp")(LayerNorm(name="ln_mlp")(x))
+    mlp = Mlp(int(width * self.mlp_ratio), self.dtype, self.approximate_gelu, name="mlp")
+    x = x + self._layer_scale("ls2", mlp(LayerNorm(name="ln_mlp")(x)))
     return constrain(x)
 
 

@@ -12,6 +12,7 @@ convention (commitment 0.25, codebook 1.0), set in the config.
 """
 
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,30 +21,46 @@ from flax import linen as nn
 from sweet_jax.models.layers import l2_normalize, param_init
 
 
-def entropy_penalty(similarity: jax.Array, temperature: float) -> jax.Array:
+def entropy_penalty(similarity: jax.Array, temperature: float, eps: float = 1e-8) -> jax.Array:
   """Mean per-token entropy minus the entropy of the batch-mean assignment.
 
   Low when each token is confident about its code *and* the batch spreads over
-  many codes: the usual cure for codebook collapse (MAGVIT-v2 / SoftVQ).
+  many codes: the usual cure for codebook collapse (MAGVIT-v2 / SoftVQ). Every
+  leading axis of `similarity` [..., K] counts as a token of the batch; `eps` guards
+  the log of the batch mean (the official SoftVQ code uses 1e-6).
   """
   logits = similarity.reshape(-1, similarity.shape[-1]) / temperature
   probs = jax.nn.softmax(logits, axis=-1)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   sample_entropy = -jnp.mean(jnp.sum(probs * log_probs, axis=-1))
   mean_probs = jnp.mean(probs, axis=0)
-  batch_entropy = -jnp.sum(mean_probs * jnp.log(mean_probs + 1e-8))
+  batch_entropy = -jnp.sum(mean_probs * jnp.log(mean_probs + eps))
   return sample_entropy - batch_entropy
+
+
+def symmetric_uniform(limit: float):
+  """U(-limit, limit): taming/TiTok's codebook init with limit 1/K."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+  return init
 
 
 class VectorQuantizer(nn.Module):
   codebook_size: int
   code_dim: int
   entropy_temperature: float = 0.01
+  # "normal": N(0, 1) rows (ours); "uniform": U(-1/K, 1/K) as the official TiTok
+  # quantizer. Only the init differs: rows are L2-normalised in every use.
+  codebook_init: Literal["normal", "uniform"] = "normal"
 
   def setup(self):
+    inits = {"normal": nn.initializers.normal(1.0),
+             "uniform": symmetric_uniform(1.0 / self.codebook_size)}
+    if self.codebook_init not in inits:
+      raise ValueError(f"codebook_init {self.codebook_init!r}: use one of {sorted(inits)}")
     self.codebook = self.param(
         "codebook",
-        param_init(nn.initializers.normal(1.0), ("codebook", "code")),
+        param_init(inits[self.codebook_init], ("codebook", "code")),
         (self.codebook_size, self.code_dim),
     )
 
