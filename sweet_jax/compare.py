@@ -33,8 +33,9 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def codebook_usage(metrics: dict[str, Any]) -> dict[str, float]:
-  """Codebook name -> fraction of its codes used on the held-out set."""
-  return {k[len("codebook_"):-len("_usage")]: v for k, v in sorted(metrics.items())
+  """Codebook name ("code" for a model's only codebook) -> fraction of its codes used on
+  the held-out set."""
+  return {k[len("codebook_"):-len("_usage")] or "code": v for k, v in sorted(metrics.items())
           if k.startswith("codebook_") and k.endswith("_usage")}
 
 

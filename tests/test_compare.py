@@ -16,7 +16,7 @@ def _fake_run(path, name, psnr, grid_width, usage):
   os.makedirs(path)
   metrics = {"step": 100, "psnr": psnr, "ssim": 0.5, "lpips": 0.25, "fd_vgg": 12.0,
              "parameters": 515000, "bits_per_image": 320.0, "train_seconds": 90.0,
-             **{f"codebook_{k}_usage": v for k, v in usage.items()}}
+             **{f"codebook_{k}_usage" if k else "codebook_usage": v for k, v in usage.items()}}
   config = {"model": {"name": name, "num_latent_tokens": 32}, "variant": "cpu"}
   for file, value in (("metrics.json", metrics), ("config.json", config)):
     with open(os.path.join(path, file), "w") as f:
@@ -26,7 +26,7 @@ def _fake_run(path, name, psnr, grid_width, usage):
 
 def test_table_json_and_stacked_grids(tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  _fake_run(a, "softvq", 21.5, 20, {"code": 0.5})
+  _fake_run(a, "softvq", 21.5, 20, {"": 0.5})  # (one codebook: "codebook_usage")
   _fake_run(b, "cqae_image", 22.25, 30, {"adj": 0.25, "noun": 0.75})
   out = str(tmp_path / "out")
   result = subprocess.run([sys.executable, "-m", "sweet_jax.compare", f"--workdirs={a},{b}",
@@ -34,7 +34,7 @@ def test_table_json_and_stacked_grids(tmp_path):
                           cwd=os.path.dirname(os.path.dirname(__file__)))
   lines = result.stdout.strip().splitlines()
   assert lines[2].startswith("| softvq (cpu) | 515k | 32 | 320 | 100 | 1.5 | 21.50 | 0.500 |")
-  assert lines[3].endswith("| adj 0.25, noun 0.75 |")
+  assert lines[2].endswith("| code 0.50 |") and lines[3].endswith("| adj 0.25, noun 0.75 |")
   with open(os.path.join(out, "compare.json")) as f:
     rows = json.load(f)
   assert [r["psnr"] for r in rows] == [21.5, 22.25]
