@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, GaussianAttentionPrior,
+                                     check_images,
                                      LayerNorm, block,
                                      grid_points, grid_shape, learned_embedding, param_init,
                                      patch_position_embedding, patchify, unpatchify)
@@ -260,15 +261,9 @@ class ImageCQAE(nn.Module):
                                 self.num_heads, self.mlp_ratio, self.num_queries,
                                 self.attention_prior, self.position_conv, compute)
 
-  def _check_images(self, images: jax.Array) -> None:
-    expected = (self.image_size, self.image_size, 3)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-      raise ValueError(f"expected images [B, {self.image_size}, {self.image_size}, 3], "
-                       f"got {tuple(images.shape)}")
-
   def encode(self, images: jax.Array) -> jax.Array:
     """Images [B,S,S,3] in [-1,1] -> continuous latents [B,Q,d]."""
-    self._check_images(images)
+    check_images(images, self.image_size)
     return self.queries(self.encoder(images))
 
   def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False

@@ -400,3 +400,11 @@ def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int,
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
+def check_images(images: jax.Array, image_size: int) -> None:
+  """The tokenizers' input contract: a batch of square RGB images [B, S, S, 3]."""
+  expected = (image_size, image_size, 3)
+  if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+    raise ValueError(f"expected images [B, {image_size}, {image_size}, 3], "
+                     f"got {tuple(images.shape)}")

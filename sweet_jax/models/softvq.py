@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from sweet_jax.alignment import AlignmentProjector, projector_input
-from sweet_jax.models.layers import ComputeOptions, param_init, unpatchify
+from sweet_jax.models.layers import ComputeOptions, check_images, param_init, unpatchify
 from sweet_jax.models.vit import VIT_SIZES, ViT
 from sweet_jax.quantizers.softvq import SoftVectorQuantizer
 
@@ -181,15 +181,9 @@ class SoftVQVAE(nn.Module):
     self.projector = (AlignmentProjector(self.align_hidden, self.align_width)
                       if self.align_width else None)
 
-  def _check_images(self, images: jax.Array) -> None:
-    expected = (self.image_size, self.image_size, 3)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-      raise ValueError(f"expected images [B, {self.image_size}, {self.image_size}, 3], "
-                       f"got {tuple(images.shape)}")
-
   def encode(self, images: jax.Array) -> jax.Array:
     """Images [B,S,S,3] in [-1,1] -> continuous latents [B,L,d]."""
-    self._check_images(images)
+    check_images(images, self.image_size)
     return self.encoder(images)
 
   def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import (ComputeOptions, LayerNorm, block, learned_embedding,
+from sweet_jax.models.layers import (ComputeOptions, LayerNorm, block, check_images,
+                                     learned_embedding,
                                      param_init, patchify, unpatchify)
 from sweet_jax.quantizers import VectorQuantizer
 
@@ -185,15 +186,9 @@ class TiTok(nn.Module):
                                 self.decoder_depth, self.decoder_heads, self.num_latent_tokens,
                                 compute)
 
-  def _check_images(self, images: jax.Array) -> None:
-    expected = (self.image_size, self.image_size, 3)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-      raise ValueError(f"expected images [B, {self.image_size}, {self.image_size}, 3], "
-                       f"got {tuple(images.shape)}")
-
   def encode(self, images: jax.Array) -> jax.Array:
     """Images [B,S,S,3] in [-1,1] -> continuous latents [B,K,code_dim]."""
-    self._check_images(images)
+    check_images(images, self.image_size)
     return self.encoder(images)
 
   def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False
