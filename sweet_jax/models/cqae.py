@@ -29,18 +29,18 @@ Top-level submodules are the parameter groups used by the optimizer:
 """
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, GaussianAttentionPrior,
-                                     check_images,
-                                     LayerNorm, block,
-                                     grid_points, grid_shape, learned_embedding, param_init,
-                                     patch_position_embedding, patchify, unpatchify)
 from sweet_jax.codebook.artifact import WordGroup
+from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, GaussianAttentionPrior,
+                                     LayerNorm, block, check_images, grid_points, grid_shape,
+                                     learned_embedding, param_init, patch_position_embedding,
+                                     patchify, unpatchify)
+from sweet_jax.models.tokenizer import ImageTokenizer
 from sweet_jax.quantizers import LanguageQuantizer, VectorQuantizer
 
 
@@ -204,12 +204,11 @@ def make_quantizer(quantizer_type: str, *, codebook_size: int, code_dim: int,
   raise ValueError(f"unknown quantizer_type {quantizer_type!r}; use 'vq' or 'mlc'")
 
 
-class ImageCQAE(nn.Module):
+class ImageCQAE(ImageTokenizer):
   """SweetTokenizer's image CQAE with a VQ or a language-codebook (MLC) bottleneck.
 
-  Method surface shared by every tokenizer in sweet_jax:
-  `encode`, `quantize`, `decode`, `encode_to_indices`, `decode_from_indices`,
-  and `__call__(images) -> (reconstruction, aux)`.
+  The method surface (`quantize`, `decode`, `encode_to_indices`, `decode_from_indices`,
+  `__call__(images) -> (reconstruction, aux)`) is tokenizer.ImageTokenizer's.
   """
 
   image_size: int = 64
@@ -247,9 +246,7 @@ class ImageCQAE(nn.Module):
                           normalize_word_codes=self.normalize_word_codes, **module_kwargs)
 
   def setup(self):
-    if self.image_size % self.patch_size:
-      raise ValueError(
-          f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
+    self.check_patch_grid()
     compute = ComputeOptions(self.compute_dtype, self.remat)
     self.encoder = PatchEncoder(self.patch_size, self.width, self.encoder_depth,
                                 self.num_heads, self.mlp_ratio, self.position_conv, compute)
@@ -266,34 +263,7 @@ class ImageCQAE(nn.Module):
     check_images(images, self.image_size)
     return self.queries(self.encoder(images))
 
-  def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
-    """Latents -> (codes, aux); `mix` < 1 only during a quantizer warm-up (see vq.py);
-    `train` enables the MLC projection's dropout (needs a "dropout" rng)."""
-    return self.quantizer(latents, mix, train)
-
-  def decode(self, codes: jax.Array) -> jax.Array:
-    """Codes [B,Q,d] -> images [B,S,S,3] (unclipped)."""
-    return self.decoder(codes)
-
-  def encode_to_indices(self, images: jax.Array) -> jax.Array:
-    """Images -> token indices: [B,Q] for VQ, [B,Q,3] for MLC (int32)."""
-    _, aux = self.quantize(self.encode(images))
-    return aux["indices"].astype(jnp.int32)
-
-  def decode_from_indices(self, indices: jax.Array) -> jax.Array:
-    return self.decode(self.quantizer.lookup(indices))
-
-  def __call__(self, images: jax.Array, quantizer_mix: float | jax.Array = 1.0,
-               train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    codes, aux = self.quantize(self.encode(images), quantizer_mix, train)
-    return self.decode(codes), aux
-
   @property
   def bits_per_image(self) -> float:
     """Tokens x log2(distinct codes per token): the information budget of one image."""
     return self.num_queries * self.make_quantizer(parent=None).bits_per_token()
-
-  def index_groups(self) -> dict[str, tuple[tuple[int, ...] | None, int]]:
-    """Codebook name -> (index columns or None for [B,Q] indices, size): usage statistics."""
-    return self.make_quantizer(parent=None).index_groups()

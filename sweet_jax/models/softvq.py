@@ -43,6 +43,7 @@ from flax import linen as nn
 
 from sweet_jax.alignment import AlignmentProjector, projector_input
 from sweet_jax.models.layers import ComputeOptions, check_images, param_init, unpatchify
+from sweet_jax.models.tokenizer import ImageTokenizer
 from sweet_jax.models.vit import VIT_SIZES, ViT
 from sweet_jax.quantizers.softvq import SoftVectorQuantizer
 
@@ -128,8 +129,8 @@ SOFTVQ_SIZES: dict[str, tuple[str, str]] = {
     "S": ("S", "S"), "B": ("B", "B"), "BL": ("B", "L"), "L": ("L", "L")}
 
 
-class SoftVQVAE(nn.Module):
-  """SoftVQ-VAE with the sweet_jax tokenizer method surface (see cqae.ImageCQAE).
+class SoftVQVAE(ImageTokenizer):
+  """SoftVQ-VAE with the shared tokenizer method surface (tokenizer.ImageTokenizer).
 
   Defaults are SoftVQ-S-32 at 256 px; `softvq_preset` gives the published sizes.
   """
@@ -164,9 +165,7 @@ class SoftVQVAE(nn.Module):
                                entropy_temperature=self.entropy_temperature, **module_kwargs)
 
   def setup(self):
-    if self.image_size % self.patch_size:
-      raise ValueError(
-          f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
+    self.check_patch_grid()
     if self.num_latent_tokens % self.num_codebooks:
       raise ValueError(f"num_latent_tokens {self.num_latent_tokens} is not divisible by "
                        f"num_codebooks {self.num_codebooks} (codebooks split the sequence)")
@@ -186,31 +185,12 @@ class SoftVQVAE(nn.Module):
     check_images(images, self.image_size)
     return self.encoder(images)
 
-  def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
-    """Latents -> (z_q, aux with indices and the quantizer's losses)."""
-    return self.quantizer(latents, mix, train)
-
-  def decode(self, codes: jax.Array) -> jax.Array:
-    """Codes [B,L,d] -> images [B,S,S,3] (unclipped)."""
-    return self.decoder(codes)
-
-  def encode_to_indices(self, images: jax.Array) -> jax.Array:
-    """Images -> the argmax code of every token, [B,L] int32 (logging / usage)."""
-    _, aux = self.quantize(self.encode(images))
-    return aux["indices"].astype(jnp.int32)
-
-  def decode_from_indices(self, indices: jax.Array) -> jax.Array:
-    """Decodes hard codes (lossy for a soft quantizer, as the official `decode_code`)."""
-    return self.decode(self.quantizer.lookup(indices))
-
-  def __call__(self, images: jax.Array, quantizer_mix: float | jax.Array = 1.0,
-               train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    """-> (reconstruction, aux); aux["aligned"] [B,L,align_width] when alignment is on."""
-    codes, aux = self.quantize(self.encode(images), quantizer_mix, train)
-    if self.projector is not None:
-      aux = {**aux, "aligned": self.projector(projector_input(codes, self.align_mode))}
-    return self.decode(codes), aux
+  def code_outputs(self, codes: jax.Array) -> dict[str, jax.Array]:
+    """aux["aligned"]: the codes projected to the teacher's width, [B,L,align_width]
+    (one row per latent; one row for "global"), when alignment is on."""
+    if self.projector is None:
+      return {}
+    return {"aligned": self.projector(projector_input(codes, self.align_mode))}
 
   @property
   def bits_per_image(self) -> float:

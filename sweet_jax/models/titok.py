@@ -38,15 +38,14 @@ TiTok-S-128, B-64, L-32 at 256x256; "BL-64" means a B encoder and an L decoder.
 """
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from sweet_jax.models.layers import (ComputeOptions, LayerNorm, block, check_images,
-                                     learned_embedding,
-                                     param_init, patchify, unpatchify)
+                                     learned_embedding, param_init, patchify, unpatchify)
+from sweet_jax.models.tokenizer import ImageTokenizer
 from sweet_jax.quantizers import VectorQuantizer
 
 # name -> (width, depth, heads), the official "small", "base", "large".
@@ -146,8 +145,8 @@ class TiTokDecoder(nn.Module):
                    name="conv_out")(images)
 
 
-class TiTok(nn.Module):
-  """TiTok with the shared tokenizer method surface (see `cqae.ImageCQAE`).
+class TiTok(ImageTokenizer):
+  """TiTok with the shared tokenizer method surface (tokenizer.ImageTokenizer).
 
   Defaults are TiTok-S-128 at 256x256; `titok_preset("B-64")` etc. give the others.
   Top-level submodules (the optimizer's parameter groups): `encoder` (including the
@@ -174,9 +173,7 @@ class TiTok(nn.Module):
                            **module_kwargs)
 
   def setup(self):
-    if self.image_size % self.patch_size:
-      raise ValueError(
-          f"patch_size {self.patch_size} does not divide image_size {self.image_size}")
+    self.check_patch_grid()
     compute = ComputeOptions(self.compute_dtype, self.remat)
     self.encoder = TiTokEncoder(self.patch_size, self.encoder_width, self.encoder_depth,
                                 self.encoder_heads, self.num_latent_tokens, self.code_dim,
@@ -191,32 +188,7 @@ class TiTok(nn.Module):
     check_images(images, self.image_size)
     return self.encoder(images)
 
-  def quantize(self, latents: jax.Array, mix: float | jax.Array = 1.0, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
-    """Latents -> (codes, aux); `mix` < 1 only during a quantizer warm-up (see vq.py)."""
-    return self.quantizer(latents, mix, train)
-
-  def decode(self, codes: jax.Array) -> jax.Array:
-    """Codes [B,K,code_dim] -> images [B,S,S,3] (unclipped)."""
-    return self.decoder(codes)
-
-  def encode_to_indices(self, images: jax.Array) -> jax.Array:
-    """Images -> token indices [B,K] (int32)."""
-    _, aux = self.quantize(self.encode(images))
-    return aux["indices"].astype(jnp.int32)
-
-  def decode_from_indices(self, indices: jax.Array) -> jax.Array:
-    return self.decode(self.quantizer.lookup(indices))
-
-  def __call__(self, images: jax.Array, quantizer_mix: float | jax.Array = 1.0,
-               train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    codes, aux = self.quantize(self.encode(images), quantizer_mix, train)
-    return self.decode(codes), aux
-
   @property
   def bits_per_image(self) -> float:
     """Tokens x log2(codebook size)."""
     return self.num_latent_tokens * math.log2(self.codebook_size)
-
-  def index_groups(self) -> dict[str, tuple[tuple[int, ...] | None, int]]:
-    return self.make_quantizer(parent=None).index_groups()
