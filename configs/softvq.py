@@ -88,15 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(encoder_width=32, encoder_depth=1, decoder_width=32, decoder_depth=1,
                    num_latent_tokens=8, codebook_size=64, code_dim=8, num_codebooks=2,
                    align_hidden=16)
-    c.total_steps = 6
-    c.batch_size = 8
-    c.eval_batch_size = 16
-    c.num_summary_images = 4
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.summary_every_steps = 3
-    c.checkpoint_every_steps = 2
-    c.eval.lpips = False
+    common.runlocal_schedule(c)
   else:  # ImageNet 256x256, the published sizes and the official recipe (§2.2, §2.5, §2.6).
     image_size.set(256)
     preset = softvq_preset(variant, int(tokens))

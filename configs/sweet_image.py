@@ -99,17 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(width=32, num_heads=2, encoder_depth=1, decoder_depth=1,
                    num_queries=8, codebook_size=64, code_dim=8, gcn_hidden=16)
     c.codebook.sizes.update(adj=64, noun=64, adv=32, verb=64)
-    c.total_steps = 6
-    c.batch_size = 8
-    c.eval_batch_size = 16
-    c.num_summary_images = 4
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.summary_every_steps = 3
-    c.checkpoint_every_steps = 2
-    # LPIPS-VGG16 at 32x32 runs at ~16 GFLOP/s on XLA:CPU, slower than the model itself;
-    # the tests that check the LPIPS / FD-VGG metrics turn it on.
-    c.eval.lpips = False
+    common.runlocal_schedule(c)
   else:  # ImageNet-256 production sizes.
     image_size.set(256)
     size = {"B": dict(width=768, num_heads=12, encoder_depth=12, decoder_depth=12),

@@ -71,15 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     image_size.set(32)
     c.model.update(encoder_width=32, encoder_depth=1, decoder_width=32, decoder_depth=1,
                    num_latent_tokens=8, codebook_size=64, code_dim=8)
-    c.total_steps = 6
-    c.batch_size = 8
-    c.eval_batch_size = 16
-    c.num_summary_images = 4
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.summary_every_steps = 3
-    c.checkpoint_every_steps = 2
-    c.eval.lpips = False
+    common.runlocal_schedule(c)
   else:  # ImageNet 256x256, the published models (§3.2, §3.3).
     image_size.set(256)
     c.model.update(patch_size=16, codebook_size=4096, code_dim=12, **titok_preset(variant))

@@ -22,6 +22,16 @@ quote() {
   printf '%s' "$out"
 }
 
+# Takes --dry-run out of the script's arguments, wherever it stands (scripts that pass
+# the rest on): DRY_RUN=1 if it was there, the other arguments in ARGS.
+take_dry_run() {
+  local arg
+  ARGS=()
+  for arg in "$@"; do
+    if [[ "$arg" == --dry-run ]]; then DRY_RUN=1; else ARGS+=("$arg"); fi
+  done
+}
+
 # Runs a command, or with --dry-run prints it (quoted, after '+ ') instead.
 run() {
   if ((DRY_RUN)); then

@@ -14,11 +14,8 @@ cd "$(dirname "$0")/.."
 source launch/common.sh
 source launch/venv.sh
 
-args=()
-for arg in "$@"; do
-  if [[ "$arg" == --dry-run ]]; then DRY_RUN=1; else args+=("$arg"); fi
-done
-set -- "${args[@]}"
+take_dry_run "$@"
+set -- "${ARGS[@]}"
 
 OUT="${OUT:-workdirs/compare}"
 export SWEET_JAX_DATA_DIR="${SWEET_JAX_DATA_DIR:-$PWD/.data/tfds}"

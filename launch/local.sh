@@ -17,11 +17,8 @@ cd "$(dirname "$0")/.."
 source launch/common.sh
 source launch/venv.sh
 
-args=()
-for arg in "$@"; do
-  if [[ "$arg" == --dry-run ]]; then DRY_RUN=1; else args+=("$arg"); fi
-done
-set -- "${args[@]}"
+take_dry_run "$@"
+set -- "${ARGS[@]}"
 
 if [[ "${1:-}" == "video" ]]; then
   shift
