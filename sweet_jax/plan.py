@@ -88,7 +88,7 @@ def plan(config, only_stages: list[str] | None = None) -> dict[str, Any]:
       if key not in compiled_by_step:
         key_name, shape = stage_batch_shape(config, stage)
         batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
-        compiled = step.jitted.lower(state, batch, c.frozen).compile()
+        compiled = step.lower(state, batch).compile().jitted
         analysis = compiled.memory_analysis()
         compiled_by_step[key] = {
             "arguments": int(analysis.argument_size_in_bytes),

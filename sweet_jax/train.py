@@ -4,6 +4,7 @@
 whenever `workdir` holds a checkpoint (train state + data iterator position).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -128,28 +129,42 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
 
 
+@contextlib.contextmanager
+def run_context(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+  """The mesh and logical axis rules under which a run's functions are traced: the
+  models' activation constraints apply only inside them."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
 @dataclasses.dataclass(frozen=True)
 class BoundStep:
   """A jitted function whose last argument, the frozen networks' parameters, is bound:
-  called as `(state, batch)` (or `(params, batch)`), lowered the same way."""
+  called as `(state, batch)` (or `(params, batch)`), lowered the same way. It is traced
+  under the run's mesh and rules whoever calls it (trainer, planner, benchmark, tests), so
+  all of them compile the trainer's program, activation constraints included."""
 
   jitted: Any
   frozen: dict[str, Any]
+  mesh: Mesh
+  rules: Sequence[tuple[str, Any]]
 
   def __call__(self, *args):
-    return self.jitted(*args, self.frozen)
+    with run_context(self.mesh, self.rules):
+      return self.jitted(*args, self.frozen)
 
   def lower(self, *args):
-    return _BoundLowered(self.jitted.lower(*args, self.frozen), self.frozen)
+    with run_context(self.mesh, self.rules):
+      return _BoundLowered(self.jitted.lower(*args, self.frozen), self)
 
 
 @dataclasses.dataclass(frozen=True)
 class _BoundLowered:
   lowered: Any
-  frozen: dict[str, Any]
+  step: BoundStep
 
-  def compile(self) -> "BoundStep":
-    return BoundStep(self.lowered.compile(), self.frozen)
+  def compile(self) -> BoundStep:
+    return dataclasses.replace(self.step, jitted=self.lowered.compile())
 
   def as_text(self) -> str:
     return self.lowered.as_text()
@@ -184,7 +199,8 @@ class Components:
   def init_state(self) -> TrainState:
     """A fresh state, materialised directly with its shardings (never whole on one device)."""
     init = jax.jit(lambda r: nn.unbox(self.init_fn(r)), out_shardings=self.state_sharding)
-    return init(self.rng)
+    with run_context(self.mesh, self.rules):
+      return init(self.rng)
 
   def restore_target(self) -> TrainState:
     return abstract_with_shardings(parallel.strip_boxes(self.abstract_state), self.state_sharding)
@@ -278,7 +294,7 @@ def build_components(config: ml_collections.ConfigDict,
         in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,))
-    return BoundStep(step, frozen)
+    return BoundStep(step, frozen, mesh, rules)
 
   # One jitted function per variant (quantizer mode; perceptual, GAN and alignment terms
   # on or off): a stage switch compiles at most once (for the new batch shape or variant);
@@ -295,7 +311,7 @@ def build_components(config: ml_collections.ConfigDict,
   def jitted_eval_step(real_features: bool = True) -> BoundStep:
     step = make_eval_step(model, eval_lpips, eval_i3d, eval_inception, real_features)
     return BoundStep(jax.jit(step, in_shardings=(state_sharding.params, batch_sharding,
-                                                 frozen_sharding)), frozen)
+                                                 frozen_sharding)), frozen, mesh, rules)
 
   return Components(mesh=mesh, rules=rules, model=model, tx=tx, init_fn=init_fn,
                     abstract_state=abstract, state_sharding=state_sharding,

@@ -1,6 +1,8 @@
 """Sharding: mesh validation, parameters placed as the rules say, and a sharded
 train step that computes what the single-device step computes."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -104,6 +106,19 @@ def test_fsdp_rules_shard_parameters_over_fsdp():
   sharding = c.state_sharding.params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
   assert sharding.spec == P("fsdp", "model")
   assert parallel.data_parallel_size(c.mesh, c.rules) == 8
+
+
+def test_steps_carry_the_activation_constraints_whoever_calls_them():
+  """The planner, the benchmark and tests call the steps outside the trainer's mesh and
+  rules context; they still compile its program, with the activation constraints (the
+  planner once measured a program without them)."""
+  c = build_components(runlocal([("data", 2), ("fsdp", 4), ("model", 1)]))
+  batch = {"image": jax.ShapeDtypeStruct((8, 32, 32, 3), np.uint8, sharding=c.batch_sharding)}
+  text = c.train_step.lower(c.restore_target(), batch).as_text()
+  # (batch, length, embed): the batch over data x fsdp.
+  constraints = re.findall(r'sdy.sharding_constraint %\w+ <@mesh, \[\{"data", "fsdp"\}, '
+                           r'\{\}, \{\}\]>', text)
+  assert len(constraints) >= 4, "no activation constraints in the lowered step"
 
 
 def test_batch_not_divisible_by_data_parallel_size():
