@@ -25,6 +25,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (e.g. attention key biases, which softmax ignores) get lr-sized random updates that a
 # different reduction order changes completely. As in test_parallel.py.
 EPS = ("--config.optim.eps=1e-4",)
+# A schedule longer than any run here (runs end with --stop_at_step or SIGTERM): both
+# 2-process tests then compile the same steps, and the later one finds them in the
+# persistent compilation cache.
+LONG_SCHEDULE = 100_000
 
 
 def _free_port() -> int:
@@ -45,7 +49,8 @@ def _start_two_hosts(workdir: str, data_dir: str, *flags: str) -> list[subproces
   return [subprocess.Popen(
       [sys.executable, "-m", "sweet_jax.main", "--config=configs/sweet_image.py:runlocal",
        f"--workdir={workdir}", "--distributed", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}", *EPS, *flags],
+       "--num_processes=2", f"--process_id={i}", f"--config.total_steps={LONG_SCHEDULE}",
+       *EPS, *flags],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
 
@@ -82,7 +87,8 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tmp_path, embedde
   logs = _train_on_two_hosts(multi, embedded_data_dir, "--stop_at_step=4")
   assert "Process 0 of 2, 4 local of 8 devices" in logs[0]
   assert "Process 1 of 2, 4 local of 8 devices" in logs[1]
-  logs = _train_on_two_hosts(multi, embedded_data_dir)  # restarts from the step-4 checkpoint
+  # Restarts from the step-4 checkpoint.
+  logs = _train_on_two_hosts(multi, embedded_data_dir, "--stop_at_step=6")
   assert all("from the checkpoint of step 4" in log for log in logs)
   data_state = os.listdir(os.path.join(multi, "checkpoints", "6", "data"))
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_state)
@@ -93,9 +99,10 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tmp_path, embedde
   with config.unlocked():
     config.data.data_dir = embedded_data_dir
     config.optim.eps = 1e-4
+    config.total_steps = LONG_SCHEDULE
   single = str(tmp_path / "one_host")
   assert jax.device_count() == 8
-  train_and_evaluate(config, single)
+  train_and_evaluate(config, single, stop_at_step=6)
   single_state = _saved_state(single, 6)
   multi_state = _saved_state(multi, 6, like=single_state)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single_state["params"]),
@@ -109,8 +116,8 @@ def test_sigterm_to_one_host_stops_both_at_one_checkpointed_step(tmp_path, embed
   """jax.distributed's preemption service: a SIGTERM to process 1 alone makes both
   processes agree on a step, checkpoint it and exit 0."""
   workdir = str(tmp_path / "preempted")
-  procs = _start_two_hosts(workdir, embedded_data_dir, "--config.total_steps=100000",
-                           "--config.checkpoint_every_steps=100000", "--config.log_every_steps=1")
+  procs = _start_two_hosts(workdir, embedded_data_dir, "--config.checkpoint_every_steps=100000",
+                           "--config.log_every_steps=1")
   logs = [[], []]
   readers = [threading.Thread(target=lambda p=p, log=log: log.extend(p.stdout), daemon=True)
              for p, log in zip(procs, logs)]  # (both pipes drained: no process blocks)

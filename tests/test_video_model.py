@@ -27,7 +27,8 @@ def _clips(frames, batch=2, seed=0):
 @pytest.fixture(scope="module")
 def video_model():
   model = build_model("cqae_video", **VIDEO)
-  return model, nn.unbox(model.init(jax.random.key(0), _clips(9))["params"])
+  # (jitted: op-by-op, the init took twice as long)
+  return model, nn.unbox(jax.jit(model.init)(jax.random.key(0), _clips(9))["params"])
 
 
 @pytest.mark.parametrize("frames,latent_frames", [(1, 1), (5, 2), (9, 3)])
