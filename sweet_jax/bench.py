@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from flax import linen as nn
 from ml_collections import config_flags
 
 from sweet_jax.virtual_devices import restart_with_cpu_devices
@@ -78,38 +77,37 @@ def benchmark(config, steps: int, devices=None, ceiling: float | None = None) ->
   rng = np.random.default_rng(0)
   ceiling = matmul_ceiling() if ceiling is None else ceiling
   keys, rows, timed = distinct_stage_steps(c), [], set()
-  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
-    state = c.init_state()
-    params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
-    for stage in c.stages:
-      step = c.stage_steps[stage.name]
-      if keys[stage.name] in timed:
-        continue
-      timed.add(keys[stage.name])
-      key_name, shape = stage_batch_shape(config, stage)
-      batch = parallel.to_global({key_name: rng.integers(0, 256, shape, dtype=np.uint8)},
-                                 c.batch_sharding)
-      times, compile_s, gflop, state = _time_steps(step, state, batch, steps)
-      median = statistics.median(times)
-      achieved = gflop / median
-      rows.append({
-          "config": f"{config.model.name}:{config.get('variant', '')}",
-          "stage": stage.name,
-          "data": stage.data,
-          "devices": len(devices),
-          "mesh": dict(c.mesh.shape),
-          "batch_size": stage.batch_size,
-          "params": params,
-          "step_median_s": median,
-          "step_min_s": min(times),
-          "examples_per_s": stage.batch_size / median,
-          "gflop_per_step": gflop,
-          "achieved_gflop_s": achieved,
-          "matmul_ceiling_gflop_s": ceiling,
-          "fraction_of_ceiling": achieved / ceiling,
-          "compile_s": compile_s,
-          "peak_rss_mb": peak_rss_mb(),
-      })
+  state = c.init_state()
+  params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+  for stage in c.stages:
+    step = c.stage_steps[stage.name]
+    if keys[stage.name] in timed:
+      continue
+    timed.add(keys[stage.name])
+    key_name, shape = stage_batch_shape(config, stage)
+    batch = parallel.to_global({key_name: rng.integers(0, 256, shape, dtype=np.uint8)},
+                               c.batch_sharding)
+    times, compile_s, gflop, state = _time_steps(step, state, batch, steps)
+    median = statistics.median(times)
+    achieved = gflop / median
+    rows.append({
+        "config": f"{config.model.name}:{config.get('variant', '')}",
+        "stage": stage.name,
+        "data": stage.data,
+        "devices": len(devices),
+        "mesh": dict(c.mesh.shape),
+        "batch_size": stage.batch_size,
+        "params": params,
+        "step_median_s": median,
+        "step_min_s": min(times),
+        "examples_per_s": stage.batch_size / median,
+        "gflop_per_step": gflop,
+        "achieved_gflop_s": achieved,
+        "matmul_ceiling_gflop_s": ceiling,
+        "fraction_of_ceiling": achieved / ceiling,
+        "compile_s": compile_s,
+        "peak_rss_mb": peak_rss_mb(),
+    })
   return rows
 
 

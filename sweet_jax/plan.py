@@ -79,29 +79,28 @@ def plan(config, only_stages: list[str] | None = None) -> dict[str, Any]:
       "frozen_networks": _bytes_per_device(c.frozen),
   }
   stages, compiled_by_step = [], {}
-  with jax.set_mesh(c.mesh):
-    for stage in c.stages:
-      if only_stages and stage.name not in only_stages:
-        continue
-      step = c.stage_steps[stage.name]
-      key = keys[stage.name]
-      if key not in compiled_by_step:
-        key_name, shape = stage_batch_shape(config, stage)
-        batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
-        compiled = step.lower(state, batch).compile().jitted
-        analysis = compiled.memory_analysis()
-        compiled_by_step[key] = {
-            "arguments": int(analysis.argument_size_in_bytes),
-            "outputs": int(analysis.output_size_in_bytes),
-            "aliased": int(analysis.alias_size_in_bytes),
-            "activations_temp": int(analysis.temp_size_in_bytes),
-        }
-      m = compiled_by_step[key]
-      # Live at the peak: the inputs (state donated into the outputs), the outputs not
-      # written in place, and the step's temporaries (activations, gradients, fusions).
-      total = m["arguments"] + m["outputs"] - m["aliased"] + m["activations_temp"]
-      stages.append(dict(name=stage.name, data=stage.data, batch_size=stage.batch_size,
-                         **m, total=total))
+  for stage in c.stages:
+    if only_stages and stage.name not in only_stages:
+      continue
+    step = c.stage_steps[stage.name]
+    key = keys[stage.name]
+    if key not in compiled_by_step:
+      key_name, shape = stage_batch_shape(config, stage)
+      batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
+      compiled = step.lower(state, batch).compile().jitted
+      analysis = compiled.memory_analysis()
+      compiled_by_step[key] = {
+          "arguments": int(analysis.argument_size_in_bytes),
+          "outputs": int(analysis.output_size_in_bytes),
+          "aliased": int(analysis.alias_size_in_bytes),
+          "activations_temp": int(analysis.temp_size_in_bytes),
+      }
+    m = compiled_by_step[key]
+    # Live at the peak: the inputs (state donated into the outputs), the outputs not
+    # written in place, and the step's temporaries (activations, gradients, fusions).
+    total = m["arguments"] + m["outputs"] - m["aliased"] + m["activations_temp"]
+    stages.append(dict(name=stage.name, data=stage.data, batch_size=stage.batch_size,
+                       **m, total=total))
   peak = max(s["total"] for s in stages)
   return {
       "config": f"{config.model.name}:{config.get('variant', '')}",
