@@ -15,9 +15,10 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from flax import linen as nn
 from orbax.checkpoint import checkpoint_managers as policies
 from orbax.checkpoint._src.serialization import jax_array_handlers
+
+from sweet_jax import parallel
 
 
 T = TypeVar("T")
@@ -231,7 +232,7 @@ def restore_run_state(workdir: str, components: Any, step: int | None = None, *,
   if step is None:
     checkpointer.close()
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints{purpose}")
-  with jax.set_mesh(components.mesh), nn.logical_axis_rules(components.rules):
+  with parallel.run_context(components.mesh, components.rules):
     state = checkpointer.restore_state(step, components.restore_target())
   checkpointer.close()
   return state, step

@@ -6,6 +6,7 @@ Meshes are always built with `AxisType.Auto` axes, so GSPMD propagates the
 shardings of Linen parameters and of our activation constraints.
 """
 
+import contextlib
 from typing import Any, Sequence
 
 import jax
@@ -86,3 +87,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This host's slice of the batch -> global arrays laid out as `sharding`."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+@contextlib.contextmanager
+def run_context(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+  """The mesh and logical axis rules under which a run's functions are traced: the
+  models' activation constraints apply only inside them."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield

@@ -4,7 +4,6 @@
 whenever `workdir` holds a checkpoint (train state + data iterator position).
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -129,14 +128,6 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
 
 
-@contextlib.contextmanager
-def run_context(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
-  """The mesh and logical axis rules under which a run's functions are traced: the
-  models' activation constraints apply only inside them."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    yield
-
-
 @dataclasses.dataclass(frozen=True)
 class BoundStep:
   """A jitted function whose last argument, the frozen networks' parameters, is bound:
@@ -150,11 +141,11 @@ class BoundStep:
   rules: Sequence[tuple[str, Any]]
 
   def __call__(self, *args):
-    with run_context(self.mesh, self.rules):
+    with parallel.run_context(self.mesh, self.rules):
       return self.jitted(*args, self.frozen)
 
   def lower(self, *args):
-    with run_context(self.mesh, self.rules):
+    with parallel.run_context(self.mesh, self.rules):
       return _BoundLowered(self.jitted.lower(*args, self.frozen), self)
 
 
@@ -199,7 +190,7 @@ class Components:
   def init_state(self) -> TrainState:
     """A fresh state, materialised directly with its shardings (never whole on one device)."""
     init = jax.jit(lambda r: nn.unbox(self.init_fn(r)), out_shardings=self.state_sharding)
-    with run_context(self.mesh, self.rules):
+    with parallel.run_context(self.mesh, self.rules):
       return init(self.rng)
 
   def restore_target(self) -> TrainState:
@@ -261,7 +252,7 @@ def build_components(config: ml_collections.ConfigDict,
     from sweet_jax.evaluate.inception import FIDInceptionV3  # pylint: disable=g-import-not-at-top
     eval_inception = FIDInceptionV3()
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with parallel.run_context(mesh, rules):
     init_fn = make_init_fn(model, tx, input_shape, ema=config.ema.decay > 0,
                            discriminator=discriminator, disc_tx=disc_tx)
     rng = jax.random.PRNGKey(config.seed)
@@ -528,7 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   takes_clips = any(stage.data == "video" for stage in stages)
   stage_metrics_path = os.path.join(workdir, "stage_metrics.json")
 
-  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
+  with parallel.run_context(c.mesh, c.rules):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 max_to_keep=config.keep_checkpoints,
                                 save_interval_steps=config.checkpoint_every_steps)

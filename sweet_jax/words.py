@@ -127,7 +127,7 @@ def main(argv):
   padded = np.concatenate([images, np.zeros((-len(images) % dp,) + images.shape[1:], np.uint8)])
   encode = jax.jit(lambda p, x: c.model.apply(
       {"params": p}, model_input(c.model, {"image": x}), method=c.model.encode_to_indices))
-  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
+  with parallel.run_context(c.mesh, c.rules):
     indices = jax.device_get(encode(params, jax.device_put(padded, c.batch_sharding)))
   if isinstance(indices, dict):  # a video model: an image has spatial tokens only
     indices = indices["spatial"]

@@ -6,7 +6,6 @@ import re
 import jax
 import numpy as np
 import pytest
-from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from configs import sweet_image
@@ -44,7 +43,7 @@ def test_mesh_axes_are_auto():
 
 def _run_steps(config, batches, devices=None):
   c = build_components(config, devices)
-  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
+  with parallel.run_context(c.mesh, c.rules):
     state = c.init_state()
     metrics, params = [], []
     for batch in batches:
@@ -167,7 +166,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   checkpointer = Checkpointer(str(tmp_path), max_to_keep=1, save_interval_steps=1)
   checkpointer.save_state(1, saved)
   target = build_components(runlocal([("data", 2), ("fsdp", 2), ("model", 2)]))
-  with jax.set_mesh(target.mesh), nn.logical_axis_rules(target.rules):
+  with parallel.run_context(target.mesh, target.rules):
     restored = checkpointer.restore_state(1, target.restore_target())
   checkpointer.close()
   fc1 = restored.params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]

@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from flax import linen as nn
 
 from sweet_jax import parallel
 from sweet_jax.data import pipeline
@@ -100,7 +99,7 @@ def evaluate_params(config: ml_collections.ConfigDict, components: Any, params: 
   reference = None if real_features else {k: v[:2] for k, v in cached.items()}
   to_global = lambda b: parallel.to_global(b, c.batch_sharding)
 
-  with jax.set_mesh(c.mesh), nn.logical_axis_rules(c.rules):
+  with parallel.run_context(c.mesh, c.rules):
     if kind == "video":
       result = evaluate_clip_reconstruction(
           eval_step, params, batches, to_global, index_groups=c.model.index_groups(),
