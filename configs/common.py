@@ -145,7 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Representation alignment (models with an alignment projector: SoftVQ-VAE's
   # config.model.align_width = the teacher's width): the tokens' projections are pulled
-  # towards a frozen DINOv2 ViT's patch features (sweet_jax/alignment.py, models/teacher.py)
+  # towards a frozen DINOv2 ViT's patch features (sweet_jax/losses/alignment.py, nets/dinov2.py)
   # while config.loss.alignment > 0. The teacher is the user's file (timm DINOv2 state dict,
   # .npz or .safetensors; resampled to the model's patch and image size); nothing downloads.
   c.alignment = ml_collections.ConfigDict(dict(
@@ -191,7 +191,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Evaluation: LPIPS-VGG16 and FD-VGG (a Frechet distance on VGG16 features, never FID)
   # on every held-out evaluation; rFVD (I3D Kinetics-400 logits) on clips; rFID only with a
-  # user-supplied InceptionV3 file (see sweet_jax/evaluate/inception.py).
+  # user-supplied InceptionV3 file (see sweet_jax/nets/inception.py).
   c.eval = ml_collections.ConfigDict(dict(
       lpips=True,
       fvd=True,

@@ -12,7 +12,6 @@ of this process's devices (virtual CPU devices are added as needed: the sweep me
 partitioning overhead on this CPU, not scaling).
 """
 
-import json
 import resource
 import statistics
 import time
@@ -23,6 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from sweet_jax import io
 from sweet_jax.virtual_devices import restart_with_cpu_devices
 
 
@@ -68,15 +68,14 @@ def _time_steps(step, state, batch, steps: int) -> tuple[list[float], float, flo
 
 def benchmark(config, steps: int, devices=None, ceiling: float | None = None) -> list[dict]:
   """One row per distinct stage step of `config` on `devices` (default: all)."""
-  from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from sweet_jax.train import (build_components, distinct_stage_steps,  # pylint: disable=g-import-not-at-top
-                               stage_batch_shape, validate_config)
+  from sweet_jax import experiment, parallel  # pylint: disable=g-import-not-at-top
+  from sweet_jax.data import streams  # pylint: disable=g-import-not-at-top
   devices = list(jax.devices() if devices is None else devices)
-  validate_config(config, len(devices))
-  c = build_components(config, devices)
+  experiment.validate(config, len(devices))
+  c = experiment.build(config, devices)
   rng = np.random.default_rng(0)
   ceiling = matmul_ceiling() if ceiling is None else ceiling
-  keys, rows, timed = distinct_stage_steps(c), [], set()
+  keys, rows, timed = c.distinct_stage_steps(), [], set()
   state = c.init_state()
   params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
   for stage in c.stages:
@@ -84,7 +83,7 @@ def benchmark(config, steps: int, devices=None, ceiling: float | None = None) ->
     if keys[stage.name] in timed:
       continue
     timed.add(keys[stage.name])
-    key_name, shape = stage_batch_shape(config, stage)
+    key_name, shape = streams.batch_shape(config, stage)
     batch = parallel.to_global({key_name: rng.integers(0, 256, shape, dtype=np.uint8)},
                                c.batch_sharding)
     times, compile_s, gflop, state = _time_steps(step, state, batch, steps)
@@ -146,8 +145,7 @@ def main(argv):
                       None if count is None else jax.devices()[:count], ceiling)
   print(format_table(rows))
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(rows, f, indent=2)
+    io.write_json(_JSON.value, rows)
 
 
 def _define_flags() -> None:

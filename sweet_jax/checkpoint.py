@@ -18,7 +18,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 from orbax.checkpoint._src.serialization import jax_array_handlers
 
-from sweet_jax import parallel
+from sweet_jax import io
 
 
 T = TypeVar("T")
@@ -183,16 +183,14 @@ class Checkpointer:
 
 
 def check_workdir_writable(workdir: str) -> None:
-  """Fails at start, not at the first save hours later, when `workdir` cannot be written."""
-  if "://" in workdir:  # gs:// and friends: orbax's own errors
-    return
-  probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+  """Fails at start, not at the first save hours later, when `workdir` cannot be written
+  (on any filesystem: a probe file is written and removed)."""
+  probe = epath.Path(workdir) / f".write_probe_{jax.process_index()}_{os.getpid()}"
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except; OSError locally, others on buckets
     raise PermissionError(f"the workdir {workdir} cannot be written ({type(e).__name__}: {e}); "
                           "choose another --workdir") from e
 
@@ -200,11 +198,11 @@ def check_workdir_writable(workdir: str) -> None:
 def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   """Fails at start when the workdir's disk cannot hold the checkpoints still to come:
   `keep` + 1 (orbax writes the next one before deleting the oldest) of `checkpoint_bytes`
-  each, less those already there."""
-  if "://" in workdir:
+  each, less those already there. (Object stores have no such limit: not checked.)"""
+  if not io.is_local(workdir):
     return
-  directory = os.path.join(workdir, "checkpoints")
-  present = sum(name.isdigit() for name in os.listdir(directory)) if os.path.isdir(directory) else 0
+  directory = epath.Path(workdir) / "checkpoints"
+  present = sum(p.name.isdigit() for p in directory.iterdir()) if directory.is_dir() else 0
   missing = max(keep + 1 - present, 1)
   free = shutil.disk_usage(workdir).free
   need = missing * checkpoint_bytes
@@ -221,18 +219,18 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
                       abstract, shardings)
 
 
-def restore_run_state(workdir: str, components: Any, step: int | None = None, *,
+def restore_run_state(workdir: str, target: Any, step: int | None = None, *,
                       purpose: str = "") -> tuple[Any, int]:
-  """(train state, step) of `workdir`'s checkpoint (latest, or `step`), restored onto
-  `components`' mesh without a data iterator: for readouts and evaluation. `purpose`
-  ends the error message when there is no checkpoint (e.g. " to evaluate")."""
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1,
+  """(train state, step) of `workdir`'s checkpoint (latest, or `step`), restored into
+  `target` (ShapeDtypeStructs with shardings) without a data iterator: for readouts and
+  evaluation. `purpose` ends the error message when there is no checkpoint (e.g. " to
+  evaluate")."""
+  checkpointer = Checkpointer(str(epath.Path(workdir) / "checkpoints"), max_to_keep=1,
                               save_interval_steps=1)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints{purpose}")
+    return checkpointer.restore_state(step, target), step
+  finally:
     checkpointer.close()
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints{purpose}")
-  with parallel.run_context(components.mesh, components.rules):
-    state = checkpointer.restore_state(step, components.restore_target())
-  checkpointer.close()
-  return state, step

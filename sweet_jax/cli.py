@@ -9,8 +9,10 @@ SLURM, Open MPI and Kubernetes by itself; on a bare cluster pass --coordinator_a
 
 import logging as std_logging
 import os
+import sys
+from typing import Callable
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", os.environ.get("SWEET_JAX_DISTRIBUTED", "").lower() in ("1", "true"),
@@ -20,6 +22,10 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Processes in the job (bare clusters).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank (bare clusters).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the whole traceback too.")
+
+# What a user's input can get wrong: these end a tool with their one-line message.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, OSError)
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -86,3 +92,22 @@ def set_up_process() -> bool:
   hide_accelerators_from_tensorflow()
   return initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)
+
+
+def run_tool(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)` for a command-line tool (set up as `set_up_process`): an error in the
+  user's input ends it with one line, "error: ...", and exit status 1 (the traceback
+  with --verbose)."""
+
+  def guarded(argv: list[str]) -> None:
+    distributed = set_up_process()
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if _VERBOSE.value:
+        raise
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    shutdown_distributed(distributed)
+
+  app.run(guarded)

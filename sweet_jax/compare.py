@@ -10,14 +10,16 @@ run, top to bottom in the order given). ./launch/compare.sh trains the README's 
 CPU configs and runs this.
 """
 
+import io
 import json
-import os
 from typing import Any, Sequence
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 from PIL import Image
 
+from sweet_jax import io as sweet_io
 from sweet_jax.evaluate.images import save_png
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished run directories.", required=True)
@@ -25,11 +27,10 @@ _OUT = flags.DEFINE_string("out", None, "Where compare.md / .json / .png go.", r
 
 
 def _read(path: str) -> dict[str, Any]:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"{path} does not exist: is the run finished (the trainer writes "
                             "metrics.json at the end)?")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
 
 
 def codebook_usage(metrics: dict[str, Any]) -> dict[str, float]:
@@ -40,8 +41,8 @@ def codebook_usage(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def row(workdir: str) -> dict[str, Any]:
-  metrics = _read(os.path.join(workdir, "metrics.json"))
-  config = _read(os.path.join(workdir, "config.json"))
+  metrics = _read(epath.Path(workdir) / "metrics.json")
+  config = _read(epath.Path(workdir) / "config.json")
   return {
       "workdir": workdir,
       "model": config["model"]["name"],
@@ -80,8 +81,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def stacked_grids(workdirs: Sequence[str], pad: int = 6) -> np.ndarray:
   """The runs' recon_grid.png, one above the other (padded to the widest, white gaps)."""
-  grids = [np.asarray(Image.open(os.path.join(w, "recon_grid.png")).convert("RGB"))
-           for w in workdirs]
+  grids = [np.asarray(Image.open(io.BytesIO((epath.Path(w) / "recon_grid.png").read_bytes()))
+                      .convert("RGB")) for w in workdirs]
   width = max(g.shape[1] for g in grids)
   bands = []
   for g in grids:
@@ -94,14 +95,12 @@ def stacked_grids(workdirs: Sequence[str], pad: int = 6) -> np.ndarray:
 def main(argv: Sequence[str]) -> None:
   del argv
   rows = [row(w) for w in _WORKDIRS.value]
-  os.makedirs(_OUT.value, exist_ok=True)
+  out = epath.Path(_OUT.value)
   table = markdown(rows)
   print(table)
-  with open(os.path.join(_OUT.value, "compare.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(_OUT.value, "compare.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  save_png(os.path.join(_OUT.value, "compare.png"), stacked_grids(_WORKDIRS.value))
+  sweet_io.write_text(out / "compare.md", table)
+  sweet_io.write_json(out / "compare.json", rows)
+  save_png(out / "compare.png", stacked_grids(_WORKDIRS.value))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ that trains every group on images with `config.loss`.
 """
 
 import dataclasses
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,16 @@ class Stage:
   @property
   def end(self) -> int:
     return self.start + self.steps
+
+  def uses(self, term: str) -> bool:
+    """Whether the stage weights loss `term` above 0."""
+    return dict(self.loss).get(term, 0.0) > 0
+
+  @property
+  def trains_quantizer(self) -> bool:
+    """Whether the stage trains a quantizer/codebook group; if not, the quantizer runs as
+    in evaluation (no GCN dropout) since its codes are what the decoder must learn from."""
+    return any("quantizer" in g or "codebook" in g for g in self.train)
 
 
 def stages_from_config(config: ml_collections.ConfigDict) -> list[Stage]:
@@ -109,6 +119,13 @@ def stage_index(stages: Sequence[Stage], step: int) -> int:
   return len(stages) - 1
 
 
+def linear_ramp(steps: int) -> Schedule:
+  """0 -> 1 linearly over `steps` (1 from the start when steps == 0)."""
+  if steps <= 0:
+    return optax.constant_schedule(1.0)
+  return optax.linear_schedule(0.0, 1.0, steps)
+
+
 def piecewise(stages: Sequence[Stage], values: Sequence[float]) -> Schedule:
   """step -> values[stage of step], traceable."""
   starts = jnp.asarray([s.start for s in stages[1:]], jnp.int32)
@@ -143,15 +160,19 @@ def summary(stages: Sequence[Stage]) -> str:
                    f"{'+'.join(s.train)}" for s in stages)
 
 
-def group_hyperparams(opt_state) -> Mapping[str, jax.Array]:
-  """Current learning rate and active flag per group, read from the optimizer's
-  `inject_hyperparams` states (what the step logs)."""
-  out = {}
-  inner = getattr(opt_state[-1], "inner_states", {})
-  for group, state in inner.items():
-    state = getattr(state, "inner_state", state)
-    hyper = getattr(state, "hyperparams", None)
-    if hyper:
-      out[f"lr_{group}"] = hyper["learning_rate"]
-      out[f"active_{group}"] = hyper["active"]
-  return out
+def uses_term(stages: Sequence[Stage], term: str) -> bool:
+  """Whether any stage weights loss `term` above 0."""
+  return any(stage.uses(term) for stage in stages)
+
+
+def gated_loss_weights(stages: Sequence[Stage], *, perceptual_warmup_steps: int,
+                       gan_start_step: int) -> dict[str, Schedule]:
+  """The stages' loss weights, with the perceptual weight ramped in over
+  `perceptual_warmup_steps` and the adversarial weight 0 before `gan_start_step`."""
+  weights = loss_weight_schedules(stages)
+  ramp = linear_ramp(perceptual_warmup_steps)
+  base_perceptual, base_adversarial = weights["perceptual"], weights["adversarial"]
+  weights["perceptual"] = lambda step: base_perceptual(step) * ramp(step)
+  weights["adversarial"] = lambda step: jnp.where(step >= gan_start_step,
+                                                  base_adversarial(step), 0.0)
+  return weights

@@ -20,8 +20,11 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import linen as nn
+
+from sweet_jax import curriculum
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -79,13 +82,6 @@ def param_group_labels(params: Any, groups: Sequence[tuple[str, str]]) -> Any:
 def decay_mask(params: Any) -> Any:
   """Weight decay on kernels only (not biases, norms, embeddings, codebooks)."""
   return map_with_path(lambda path, _: path.endswith("kernel"), params)
-
-
-def linear_ramp(steps: int) -> Schedule:
-  """0 -> 1 linearly over `steps` (1 from the start when steps == 0)."""
-  if steps <= 0:
-    return optax.constant_schedule(1.0)
-  return optax.linear_schedule(0.0, 1.0, steps)
 
 
 def freeze_unless(inner: optax.GradientTransformation,
@@ -155,3 +151,45 @@ def make_optimizer(*, schedule: Schedule, groups: Sequence[tuple[str, str]],
       optax.clip_by_global_norm(clip_norm),
       optax.multi_transform(transforms, labels),
   )
+
+
+def group_hyperparams(opt_state) -> Mapping[str, jax.Array]:
+  """Current learning rate and active flag per group, read from the optimizer's
+  `inject_hyperparams` states (what the step logs)."""
+  out = {}
+  inner = getattr(opt_state[-1], "inner_states", {})
+  for group, state in inner.items():
+    state = getattr(state, "inner_state", state)
+    hyper = getattr(state, "hyperparams", None)
+    if hyper:
+      out[f"lr_{group}"] = hyper["learning_rate"]
+      out[f"active_{group}"] = hyper["active"]
+  return out
+
+
+def make(optim: ml_collections.ConfigDict, stages: Sequence[curriculum.Stage]
+         ) -> tuple[optax.GradientTransformation, Schedule]:
+  """The tokenizer's chain from config.optim and the curriculum, and its learning-rate
+  schedule (for logging)."""
+  groups = [tuple(g) for g in optim.param_groups]
+  schedule = curriculum.learning_rate_schedule(stages, optim.warmup_steps, optim.end_lr_fraction)
+  tx = make_optimizer(
+      schedule=schedule, groups=groups, lr_mult=dict(optim.lr_mult), b1=optim.b1, b2=optim.b2,
+      eps=optim.eps, weight_decay=optim.weight_decay, clip_norm=optim.clip_norm,
+      active=(curriculum.active_schedules(stages, [name for name, _ in groups])
+              if len(stages) > 1 else None))
+  return tx, schedule
+
+
+def make_discriminator(gan: ml_collections.ConfigDict, eps: float,
+                       adversarial_weight: Schedule) -> optax.GradientTransformation:
+  """The same gated chain as the tokenizer's, over one group: the discriminator learns
+  while `adversarial_weight` is > 0; its learning rate (config.gan) warms up from the GAN
+  start. Its step count advances every step (a zero update outside GAN stages), so it is
+  the global step."""
+  warmup = curriculum.linear_ramp(gan.warmup_steps)
+  schedule = lambda step: gan.lr * warmup(jnp.maximum(step - gan.start_step, 0))
+  return make_optimizer(
+      schedule=schedule, groups=(("discriminator", ".*"),), lr_mult={}, b1=gan.b1, b2=gan.b2,
+      eps=eps, weight_decay=gan.weight_decay, clip_norm=gan.clip_norm,
+      active={"discriminator": lambda step: (adversarial_weight(step) > 0).astype(jnp.float32)})

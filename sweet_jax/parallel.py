@@ -7,6 +7,7 @@ shardings of Linen parameters and of our activation constraints.
 """
 
 import contextlib
+import dataclasses
 from typing import Any, Sequence
 
 import jax
@@ -95,3 +96,46 @@ def run_context(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
   models' activation constraints apply only inside them."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundStep:
+  """A jitted function whose last argument, the frozen networks' parameters, is bound:
+  called as `(state, batch)` (or `(params, batch)`), lowered the same way. It is traced
+  under the run's mesh and rules whoever calls it (trainer, planner, benchmark, tests), so
+  all of them compile the trainer's program, activation constraints included."""
+
+  jitted: Any
+  frozen: dict[str, Any]
+  mesh: Mesh
+  rules: Sequence[tuple[str, Any]]
+
+  def __call__(self, *args):
+    with run_context(self.mesh, self.rules):
+      return self.jitted(*args, self.frozen)
+
+  def lower(self, *args):
+    with run_context(self.mesh, self.rules):
+      return _BoundLowered(self.jitted.lower(*args, self.frozen), self)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoundLowered:
+  lowered: Any
+  step: BoundStep
+
+  def compile(self) -> BoundStep:
+    return dataclasses.replace(self.step, jitted=self.lowered.compile())
+
+  def as_text(self) -> str:
+    return self.lowered.as_text()
+
+
+def replicate(tree: Any, mesh: Mesh, *, materialize: bool = True) -> Any:
+  """`tree` replicated over the mesh (without `materialize`: its shapes, with that
+  sharding, so nothing is placed on the devices)."""
+  sharding = replicated(mesh)
+  if not materialize:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+                        tree)
+  return jax.device_put(tree, sharding)

@@ -13,7 +13,6 @@ layout and fusion differences (TPU pads minor dimensions to 128; GPU fuses diffe
 """
 
 import ast
-import json
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from sweet_jax import io
 from sweet_jax.virtual_devices import restart_with_cpu_devices
 
 
@@ -63,10 +63,10 @@ def plan(config, only_stages: list[str] | None = None) -> dict[str, Any]:
   """Compiles each distinct stage step for config.mesh (of `only_stages`, when given);
   per-device memory in bytes."""
   # (Imported here: the parent process restarts before paying for TF and the models.)
-  from sweet_jax.train import (build_components, distinct_stage_steps,  # pylint: disable=g-import-not-at-top
-                               stage_batch_shape)
-  c = build_components(config, abstract_frozen=True)
-  keys = distinct_stage_steps(c)
+  from sweet_jax import experiment  # pylint: disable=g-import-not-at-top
+  from sweet_jax.data import streams  # pylint: disable=g-import-not-at-top
+  c = experiment.build(config, abstract_frozen=True)
+  keys = c.distinct_stage_steps()
   unknown = sorted(set(only_stages or ()) - set(keys))
   if unknown:
     raise ValueError(f"--stages: no stage {unknown} in this config; its stages are {list(keys)}")
@@ -85,7 +85,7 @@ def plan(config, only_stages: list[str] | None = None) -> dict[str, Any]:
     step = c.stage_steps[stage.name]
     key = keys[stage.name]
     if key not in compiled_by_step:
-      key_name, shape = stage_batch_shape(config, stage)
+      key_name, shape = streams.batch_shape(config, stage)
       batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
       compiled = step.lower(state, batch).compile().jitted
       analysis = compiled.memory_analysis()
@@ -148,8 +148,7 @@ def main(argv):
   result = plan(config, _STAGES.value)
   print(format_plan(result))
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=2)
+    io.write_json(_JSON.value, result)
 
 
 def _define_flags() -> None:

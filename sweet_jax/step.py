@@ -1,4 +1,4 @@
-"""Pure train / eval steps. `train.py` jits them with explicit shardings.
+"""Pure train / eval steps. `experiment.build` jits them with explicit shardings.
 
 Everything that depends on time (learning rate, loss weights, the rng) is
 derived from the step counter kept in the optimizer state, so a resumed run
@@ -10,7 +10,6 @@ loss on the same step's reconstructions, LeCam regulariser) with its own optimiz
 Frozen networks (LPIPS) come in as a separate, replicated argument, never as state.
 """
 
-import dataclasses
 import re
 from typing import Any, Callable, Mapping
 
@@ -20,21 +19,17 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from sweet_jax import losses
-from sweet_jax.alignment import alignment_loss
-from sweet_jax.curriculum import group_hyperparams
-from sweet_jax.evaluate.lpips import LPIPS, pooled_vgg_features
-from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
-from sweet_jax.evaluate.video import per_frame_metrics
-from sweet_jax.models.teacher import teacher_features
-from sweet_jax.optim import Schedule, StepCountState, get_step, map_with_path, param_group_labels
-
-
-@flax.struct.dataclass
-class DiscriminatorState:
-  params: Any
-  opt_state: Any
-  logit_ema: jax.Array  # [2]: moving averages of the mean real and fake logits (LeCam)
+from sweet_jax.losses import gan as gan_loss
+from sweet_jax.losses.alignment import alignment_loss
+from sweet_jax.losses.gan import DiscriminatorState, GanOptions
+from sweet_jax.losses.perceptual import perceptual_loss
+from sweet_jax.losses.reconstruction import reconstruction_loss
+from sweet_jax.metrics import codebook_stats_by_group, per_frame_metrics, psnr, ssim
+from sweet_jax.nets.dinov2 import teacher_features
+from sweet_jax.nets.i3d import fvd_preprocess
+from sweet_jax.nets.lpips import LPIPS, pooled_vgg_features
+from sweet_jax.optim import (Schedule, StepCountState, get_step, group_hyperparams, map_with_path,
+                             param_group_labels)
 
 
 @flax.struct.dataclass
@@ -55,18 +50,6 @@ class TrainState:
     return self.params if self.ema_params is None else self.ema_params
 
 
-@dataclasses.dataclass(frozen=True)
-class GanOptions:
-  """How the adversarial game is played (the networks and optimizer come separately)."""
-
-  lecam_weight: float = 0.0
-  lecam_decay: float = 0.999
-  disc_loss_weight: float = 1.0
-  adaptive_weight: bool = False
-  adaptive_max: float = 1e4
-  adaptive_layer: str = r"^decoder/smooth_pixels/"  # regex over parameter paths
-
-
 def images_to_model(images: jax.Array) -> jax.Array:
   """uint8 [0,255] -> float32 [-1,1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
@@ -83,23 +66,12 @@ def model_input(model: nn.Module, batch: Mapping[str, jax.Array]) -> jax.Array:
   if "video" in batch:
     return images_to_model(batch["video"])
   images = images_to_model(batch["image"])
-  return images[:, None] if getattr(model, "takes_clips", False) else images
+  return images[:, None] if model.modality == "video" else images
 
 
 def _frames(x: jax.Array) -> jax.Array:
   """[B, T, H, W, C] or [B, H, W, C] -> [N, H, W, C] (per-frame metrics)."""
   return x.reshape((-1,) + x.shape[-3:])
-
-
-def _one_frame_per_clip(rng: jax.Array, *clips: jax.Array) -> list[jax.Array]:
-  """The same random frame of each clip in every argument ([B, T, ...] -> [B, ...]);
-  images pass through. The official SweetTokenizer scores its perceptual loss on one
-  random frame per clip."""
-  if clips[0].ndim == 4:
-    return list(clips)
-  b, t = clips[0].shape[:2]
-  picks = jax.random.randint(rng, (b,), 0, t)
-  return [x[jnp.arange(b), picks] for x in clips]
 
 
 def _layer_gradient(grads: Any, pattern: str) -> jax.Array:
@@ -229,18 +201,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       recon, aux = model.apply({"params": params}, images, mix, quantizer_train,
                                rngs={"dropout": dropout_rng})
       terms = {
-          "recon": jnp.mean(jnp.square(recon - images)),
+          "recon": reconstruction_loss(recon, images),
           "commitment": aux["commitment_loss"],
           "codebook": aux["codebook_loss"],
           "entropy": aux["entropy_loss"],
       }
       if perceptual is not None:
-        fake, real = _one_frame_per_clip(frame_rng, recon, images)
-        terms["perceptual"] = jnp.mean(perceptual.apply({"params": frozen["perceptual"]}, fake,
-                                                         real))
+        terms["perceptual"] = perceptual_loss(perceptual, frozen["perceptual"], frame_rng,
+                                              recon, images)
       if discriminator is not None:
         fake_logits = discriminator.apply({"params": state.disc.params}, recon)
-        terms["adversarial"] = losses.generator_adversarial_loss(fake_logits)
+        terms["adversarial"] = gan_loss.generator_adversarial_loss(fake_logits)
       if teacher is not None:
         terms["alignment"] = alignment_loss(aux["aligned"], teacher_tokens, model.align_mode)
       return terms, (recon, aux["indices"])
@@ -254,7 +225,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     metrics = {}
     if adaptive:  # a second backward pass through the same forward, for the GAN term alone
       (adv_grads,) = backward({k: jnp.asarray(k == "adversarial", jnp.float32) for k in terms})
-      scale = losses.adaptive_generator_weight(_layer_gradient(grads, gan.adaptive_layer),
+      scale = gan_loss.adaptive_generator_weight(_layer_gradient(grads, gan.adaptive_layer),
                                                _layer_gradient(adv_grads, gan.adaptive_layer),
                                                gan.adaptive_max)
       effective["adversarial"] = weights["adversarial"] * scale
@@ -271,7 +242,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
     disc = state.disc
     if disc is not None:
-      disc, disc_metrics = _discriminator_update(
+      disc, disc_metrics = gan_loss.discriminator_update(
           discriminator, disc_tx, gan, disc, images, jax.lax.stop_gradient(recon),
           playing=weights.get("adversarial", 0.0) > 0)
       metrics.update(disc_metrics)
@@ -300,39 +271,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     return discard_unless_finite(finite, state, new_state), metrics
 
   return train_step
-
-
-def _discriminator_update(discriminator: nn.Module | None,
-                          disc_tx: optax.GradientTransformation, gan: GanOptions,
-                          disc: DiscriminatorState, real: jax.Array, fake: jax.Array,
-                          playing: jax.Array) -> tuple[DiscriminatorState, dict]:
-  """One discriminator update on this step's reals and (detached) reconstructions, or,
-  in a step without a discriminator, a zero update that only advances its step count."""
-  if discriminator is None:
-    zeros = jax.tree.map(jnp.zeros_like, disc.params)
-    _, opt_state = disc_tx.update(zeros, disc.opt_state, disc.params)
-    return disc.replace(opt_state=opt_state), {}
-
-  def disc_loss(params):
-    real_logits = discriminator.apply({"params": params}, real)
-    fake_logits = discriminator.apply({"params": params}, fake)
-    hinge = losses.hinge_discriminator_loss(real_logits, fake_logits)
-    lecam = losses.lecam_regularization(real_logits, fake_logits, disc.logit_ema[0],
-                                        disc.logit_ema[1])
-    total = gan.disc_loss_weight * hinge + gan.lecam_weight * lecam
-    means = jnp.stack([jnp.mean(real_logits), jnp.mean(fake_logits)])
-    return total, (hinge, lecam, means)
-
-  (total, (hinge, lecam, means)), grads = jax.value_and_grad(disc_loss, has_aux=True)(disc.params)
-  updates, opt_state = disc_tx.update(grads, disc.opt_state, disc.params)
-  logit_ema = jnp.where(playing, gan.lecam_decay * disc.logit_ema
-                        + (1.0 - gan.lecam_decay) * jax.lax.stop_gradient(means), disc.logit_ema)
-  new = DiscriminatorState(params=optax.apply_updates(disc.params, updates),
-                           opt_state=opt_state, logit_ema=logit_ema)
-  metrics = {"disc_loss": total, "disc_hinge": hinge, "disc_lecam": lecam,
-             "disc_real_logit": means[0], "disc_fake_logit": means[1],
-             "disc_grad_norm": optax.tree.norm(grads), **group_hyperparams(opt_state)}
-  return new, metrics
 
 
 def make_eval_step(model: nn.Module, perceptual: LPIPS | None = None,
@@ -367,7 +305,6 @@ def make_eval_step(model: nn.Module, perceptual: LPIPS | None = None,
         taps = perceptual.apply(lpips_params, _frames(x) * 2 - 1, method=LPIPS.trunk_features)
         out[f"vgg_{side}"] = pooled_vgg_features(taps).reshape(lead + (-1,))
     if i3d is not None and "video" in batch:
-      from sweet_jax.evaluate.i3d import fvd_preprocess  # pylint: disable=g-import-not-at-top
       for side, x in sides:
         out[f"i3d_{side}"] = i3d.apply(frozen["i3d"], fvd_preprocess(x))
     if inception is not None and "video" not in batch:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 from sweet_jax.weights import UnsafeWeightsError
 
@@ -119,10 +120,9 @@ class _TorchUnpickler(pickle.Unpickler):
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """{name: array} from a `torch.save`d dict of tensors (e.g. a state dict), zip or legacy."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"torch weights file not found: {path}")
-  with open(path, "rb") as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()
   try:
     if zipfile.is_zipfile(io.BytesIO(data)):
       tree, storages = _load_zip(data, path)

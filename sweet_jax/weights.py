@@ -13,6 +13,7 @@ import zipfile
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 # The only globals a numpy-array pickle needs (numpy 1.x and 2.x module paths).
 _NUMPY_PICKLE_GLOBALS = frozenset({
@@ -52,9 +53,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def load_numpy_pickle(path: str | os.PathLike) -> Any:
   """A pickle of (nested dicts/lists of) numpy arrays; any other class is refused."""
   path = os.fspath(path)
-  _require_file(path)
-  with open(path, "rb") as f:
-    data = f.read()
+  data = _read(path)
   try:
     return _NumpyOnlyUnpickler(io.BytesIO(data), path).load()
   except UnsafeWeightsError:
@@ -66,11 +65,11 @@ def load_numpy_pickle(path: str | os.PathLike) -> Any:
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """A flat `.npz` as {name: array}; object arrays (which need pickle) are refused."""
   path = os.fspath(path)
-  _require_file(path)
-  if not zipfile.is_zipfile(path):  # np.load would take it for a .npy or a pickle
+  data = io.BytesIO(_read(path))
+  if not zipfile.is_zipfile(data):  # np.load would take it for a .npy or a pickle
     raise ValueError(f"{path}: not a readable .npz (not a zip archive)")
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(data, allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
   except ValueError as e:
     if "allow_pickle" in str(e):
@@ -83,11 +82,11 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """A safetensors file as {name: numpy array} (no code execution by design of the format)."""
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load as load_bytes  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
-  _require_file(path)
+  data = _read(path)
   try:
-    return load_file(path)
+    return load_bytes(data)
   except Exception as e:
     raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
 
@@ -127,6 +126,9 @@ def flatten(tree: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[str,
   return flat
 
 
-def _require_file(path: str) -> None:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"weights file not found: {path}")
+def _read(path: str | os.PathLike) -> bytes:
+  """The file's bytes, from any filesystem (local disks and buckets)."""
+  file = epath.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"weights file not found: {os.fspath(path)}")
+  return file.read_bytes()

@@ -75,18 +75,22 @@ def clips_data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture
 def start_main():
-  """`start(*flags, data_dir=None)` starts `python -m sweet_jax.main` (stdout and stderr
-  merged, text) with this session's devices and compilation cache; killed at teardown."""
+  """`start(*flags, data_dir=None, env=None)` starts `python -m sweet_jax.main` (stdout and
+  stderr merged, text) with this session's devices and compilation cache, and `env` added
+  to the environment; killed at teardown."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   procs = []
 
-  def start(*flags: str, data_dir: str | None = None) -> subprocess.Popen:
+  def start(*flags: str, data_dir: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.Popen:
+    extra = env or {}
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     if data_dir:
       env["SWEET_JAX_DATA_DIR"] = data_dir
+    env.update(extra)
     proc = subprocess.Popen([sys.executable, "-m", "sweet_jax.main", *flags], cwd=repo, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs.append(proc)

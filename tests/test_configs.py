@@ -81,8 +81,8 @@ def test_locked_config_rejects_new_fields():
 def test_production_config_builds_with_the_paper_sized_codebook():
   """B on 8 CPU devices, abstractly: the language codebook at the paper's sizes feeds the
   model (GloVe gives all 5078 adjectives and 5403 nouns), no parameter is materialised."""
-  from sweet_jax.train import build_components  # pylint: disable=g-import-not-at-top
-  c = build_components(sweet_image.get_config("B"))
+  from sweet_jax import experiment  # pylint: disable=g-import-not-at-top
+  c = experiment.build(sweet_image.get_config("B"))
   assert c.model.index_groups() == {"adj": ((0, 1), 5078), "noun": ((2,), 5403)}
   gcn = c.abstract_state.params["quantizer"]["projection"]
   assert gcn["gcn_0"]["Dense_0"]["kernel"].value.shape == (50, 256)
@@ -92,8 +92,8 @@ def test_production_config_builds_with_the_paper_sized_codebook():
 def test_video_production_config_builds_with_both_word_groups():
   """ucf101 on 8 CPU devices, abstractly: 256 spatial + 1024 temporal tokens, nouns and
   adjectives for the spatial quantizer, verbs and adverbs for the temporal one."""
-  from sweet_jax.train import build_components  # pylint: disable=g-import-not-at-top
-  c = build_components(sweet_video.get_config("ucf101"))
+  from sweet_jax import experiment  # pylint: disable=g-import-not-at-top
+  c = experiment.build(sweet_video.get_config("ucf101"))
   groups = c.model.index_groups()
   assert set(groups["spatial"]) == {"adj", "noun"} and set(groups["temporal"]) == {"adv", "verb"}
   assert c.model.num_temporal_tokens == 1024 and c.model.num_queries == 256
@@ -105,19 +105,19 @@ def test_video_production_config_builds_with_both_word_groups():
 
 @pytest.mark.parametrize("variant", sweet_video.VARIANTS)
 def test_video_variants_validate(variant):
-  from sweet_jax.train import validate_config  # pylint: disable=g-import-not-at-top
-  validate_config(sweet_video.get_config(variant), 8)
+  from sweet_jax import experiment  # pylint: disable=g-import-not-at-top
+  experiment.validate(sweet_video.get_config(variant), 8)
 
 
 def test_video_config_refuses_bad_frame_counts_and_total_steps():
-  from sweet_jax.train import validate_config  # pylint: disable=g-import-not-at-top
+  from sweet_jax import experiment  # pylint: disable=g-import-not-at-top
   config = sweet_video.get_config("runlocal")
   with config.unlocked():
     config.video_data.num_frames = 8  # one field reference: the model's changes too
   with pytest.raises(ValueError, match=r"1 \+ k\*4 frames"):
-    validate_config(config, 8)
+    experiment.validate(config, 8)
   config = sweet_video.get_config("runlocal")
   with config.unlocked():
     config.total_steps = 10
   with pytest.raises(ValueError, match="derived from config.curriculum"):
-    validate_config(config, 8)
+    experiment.validate(config, 8)

@@ -11,8 +11,8 @@ import pytest
 
 from configs import sweet_video
 from sweet_jax import curriculum
-from sweet_jax.checkpoint import restore_run_state
-from sweet_jax.train import build_components, train_and_evaluate
+from sweet_jax import experiment
+from sweet_jax.train import train_and_evaluate
 from test_reliability import checkpoint_steps, signal_on_line
 
 
@@ -124,10 +124,10 @@ def test_curriculum_gates_groups_and_a_killed_run_resumes_at_the_boundary_exactl
   # Each stage moved exactly its groups: the parameters and the AdamW moments of the
   # others stayed as they were, from the initial state to step 2 (spatial), then 2 -> 4
   # (temporal: every group), 4 -> 6 (decoder). (The discriminator's gates: test_gan.py.)
-  c = build_components(config, workdir=full_dir)
+  c = experiment.build(config, workdir=full_dir)
   with jax.set_mesh(c.mesh):
     states = [jax.device_get(c.init_state())]
-  states += [jax.device_get(restore_run_state(full_dir, c, step)[0]) for step in (2, 4, 6)]
+  states += [jax.device_get(c.restore(full_dir, step)[0]) for step in (2, 4, 6)]
   groups = {
       "temporal_encoder": lambda p: p["temporal_encoder"],
       "encoder": lambda p: p["encoder"],

@@ -14,11 +14,12 @@ from configs import sweet_image, sweet_video
 from sweet_jax.checkpoint import Checkpointer
 from sweet_jax.data import pipeline
 from sweet_jax.data.preprocess import resize_shorter_center_crop
-from sweet_jax.evaluate import evaluator, frechet
-from sweet_jax.evaluate.lpips import LPIPS, pooled_vgg_features
-from sweet_jax.evaluate.metrics import psnr, ssim
+from sweet_jax.evaluate import frechet
+from sweet_jax.evaluate.saved_run import evaluate_checkpoint
+from sweet_jax.nets.lpips import LPIPS, pooled_vgg_features
+from sweet_jax.metrics import psnr, ssim
 from sweet_jax.step import images_to_model, model_to_unit
-from sweet_jax.train import build_components
+from sweet_jax import experiment
 
 
 def _imagenet_config(data_dir, cache_dir):
@@ -36,7 +37,7 @@ def _imagenet_config(data_dir, cache_dir):
 
 def _save_initial_state(config, workdir, step):
   """A freshly initialised train state saved as the checkpoint of `step`."""
-  c = build_components(config, workdir=workdir)
+  c = experiment.build(config, workdir=workdir)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1,
                               save_interval_steps=1)
   with jax.set_mesh(c.mesh):
@@ -55,9 +56,9 @@ def test_imagenet_evaluation_matches_an_unpadded_computation(tmp_path, embedded_
 
   with tfds.testing.mock_data(num_examples=12):
     # 12 validation images in global batches of 8: the second batch is 4 images + padding.
-    record = evaluator.evaluate_checkpoint(config, workdir, dataset="imagenet2012",
+    record = evaluate_checkpoint(config, workdir, dataset="imagenet2012",
                                            split="validation")
-    again = evaluator.evaluate_checkpoint(config, workdir, dataset="imagenet2012",
+    again = evaluate_checkpoint(config, workdir, dataset="imagenet2012",
                                           split="validation")
     source = pipeline.get_data_source("imagenet2012", "validation", str(tmp_path))
     images = np.stack([resize_shorter_center_crop(source[i]["image"], 32)
@@ -75,7 +76,7 @@ def test_imagenet_evaluation_matches_an_unpadded_computation(tmp_path, embedded_
     np.testing.assert_allclose(again["metrics"][key], metrics[key], rtol=1e-6)
 
   # The same numbers from all 12 images in one unpadded, unsharded batch.
-  c = build_components(config, devices=jax.devices()[:1], workdir=workdir)
+  c = experiment.build(config, devices=jax.devices()[:1], workdir=workdir)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1,
                               save_interval_steps=1)
   with jax.set_mesh(c.mesh):
@@ -114,7 +115,7 @@ def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
     config.video_data.max_bad_fraction = 0.5  # the mock videos are of random lengths
   skipped_before = pipeline.skipped_example_count()
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-    record = evaluator.evaluate_checkpoint(config, workdir, dataset="ucf101", split="test")
+    record = evaluate_checkpoint(config, workdir, dataset="ucf101", split="test")
   metrics = record["metrics"]
   assert record["dataset"] == "ucf101" and record["split"] == "test"
   # Two batches of 8, the second padded; mock videos shorter than 9 frames are skipped.
@@ -130,4 +131,4 @@ def test_ucf101_evaluation_end_to_end_with_rfvd(tmp_path, clips_data_dir):
 def test_evaluating_a_workdir_without_checkpoints_says_so(tmp_path, embedded_data_dir):
   config = _imagenet_config(embedded_data_dir, str(tmp_path / "reference"))
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*/checkpoints to evaluate"):
-    evaluator.evaluate_checkpoint(config, str(tmp_path / "empty"))
+    evaluate_checkpoint(config, str(tmp_path / "empty"))

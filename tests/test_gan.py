@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from configs import sweet_image
-from sweet_jax import losses
-from sweet_jax.evaluate.lpips import LPIPS
+from sweet_jax.losses import gan as losses
+from sweet_jax.nets.lpips import LPIPS
 from sweet_jax.models.discriminator import PatchDiscriminator
 from sweet_jax.optim import get_step
 from sweet_jax.step import model_input
-from sweet_jax.train import build_components
+from sweet_jax import experiment
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
@@ -76,7 +76,7 @@ def test_gan_step_updates_generator_discriminator_and_ema(embedded_data_dir):
   config = _gan_config(embedded_data_dir, start_step=1, adaptive_weight=True, lecam_weight=0.1)
   with config.unlocked():
     config.batch_size = 4
-  c = build_components(config, devices=jax.devices()[:1])  # one device compiles faster
+  c = experiment.build(config, devices=jax.devices()[:1])  # one device compiles faster
   batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)}
   batch = jax.device_put(batch, c.batch_sharding)
   state0 = jax.device_get(c.init_state())
@@ -131,10 +131,10 @@ def test_gan_step_updates_generator_discriminator_and_ema(embedded_data_dir):
 def test_gan_needs_a_real_adaptive_layer_and_discriminator(embedded_data_dir):
   config = _gan_config(embedded_data_dir, adaptive_weight=True, adaptive_layer="^nowhere/")
   with pytest.raises(ValueError, match="config.gan.adaptive_layer='\\^nowhere/' matches no"):
-    build_components(config)
+    experiment.build(config)
   config = _gan_config(embedded_data_dir, discriminator="stylegan")
   with pytest.raises(ValueError, match="config.gan.discriminator='stylegan'"):
-    build_components(config)
+    experiment.build(config)
 
 
 @pytest.mark.parametrize("frames,stride", [(17, 2), (9, 1), (1, 2), (2, 2)])

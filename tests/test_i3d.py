@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sweet_jax import weights
-from sweet_jax.evaluate import i3d
+from sweet_jax.nets import i3d
 
 # bikes.mp4 has a shot of a street with cars from frame 137 to 186; 16 frames inside it.
 CLIP_START, CLIP_FRAMES = 138, 16

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from sweet_jax import torch_weights
-from sweet_jax.evaluate import inception
+from sweet_jax.nets import inception
 from sweet_jax.weights import UnsafeWeightsError
 
 # --------------------------------------------------------------------------------------------
@@ -387,7 +387,7 @@ def test_missing_weights_say_what_to_supply(path):
     inception.load_inception_variables(path)
   message = str(error.value)
   for needed in ("pt_inception-2015-12-05-6726825d.pth", inception.FID_WEIGHTS_URL,
-                 "python -m sweet_jax.evaluate.inception convert", "--config.eval.inception_weights"):
+                 "python -m sweet_jax.nets.inception convert", "--config.eval.inception_weights"):
     assert needed in message
 
 

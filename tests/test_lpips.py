@@ -6,7 +6,7 @@ import pytest
 import skimage.data
 import skimage.transform
 
-from sweet_jax.evaluate import lpips
+from sweet_jax.nets import lpips
 from sweet_jax.weights import load_numpy_pickle
 
 

@@ -8,7 +8,8 @@ import skimage.data
 import skimage.metrics
 from PIL import Image
 
-from sweet_jax.evaluate import baselines, images, metrics
+from sweet_jax import metrics
+from sweet_jax.evaluate import baselines, images
 
 
 def _photo_pairs(height: int = 96, width: int = 80) -> tuple[np.ndarray, np.ndarray]:

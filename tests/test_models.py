@@ -7,7 +7,7 @@ import pytest
 from flax import linen as nn
 
 from sweet_jax.models import build_model
-from sweet_jax.models.layers import (GaussianAttentionPrior, PositionConv, grid_points, grid_shape,
+from sweet_jax.nn.layers import (GaussianAttentionPrior, PositionConv, grid_points, grid_shape,
                                      patchify, unpatchify)
 
 SMALL = dict(image_size=32, patch_size=8, width=32, num_heads=2, encoder_depth=2,

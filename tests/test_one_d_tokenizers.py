@@ -12,7 +12,8 @@ import pytest
 
 from configs import softvq, titok
 from sweet_jax.models import build_model
-from sweet_jax.train import build_components, train_and_evaluate, validate_config
+from sweet_jax import experiment
+from sweet_jax.train import train_and_evaluate
 from test_teacher import timm_state
 
 CONFIGS = {"softvq": softvq, "titok": titok}
@@ -21,7 +22,7 @@ CONFIGS = {"softvq": softvq, "titok": titok}
 @pytest.mark.parametrize("name,variant", [(n, v) for n, m in CONFIGS.items() for v in m.VARIANTS])
 def test_every_variant_builds_its_model(name, variant):
   config = CONFIGS[name].get_config(variant)
-  validate_config(config, 8 if variant in ("cpu", "runlocal") else 256)
+  experiment.validate(config, 8 if variant in ("cpu", "runlocal") else 256)
   model = build_model(**config.model)
   assert model.image_size == config.data.image_size
 
@@ -89,10 +90,10 @@ def test_alignment_without_a_teacher_file_or_projector_is_a_clear_error(embedded
                                                                          tmp_path):
   config = _with_teacher(_runlocal(softvq, embedded_data_dir), tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="missing.npz.*config.alignment.teacher_path"):
-    build_components(config)
+    experiment.build(config)
   config = _runlocal(titok, embedded_data_dir)
   with config.unlocked():
     config.loss.alignment = 0.1
   with pytest.raises(ValueError, match="config.loss.alignment=0.1 needs a model with an "
                                        "alignment projector"):
-    validate_config(config, 8)
+    experiment.validate(config, 8)

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from configs import sweet_image
 from sweet_jax import parallel
-from sweet_jax.train import build_components
+from sweet_jax import experiment
 
 
 def runlocal(mesh):
@@ -42,7 +42,7 @@ def test_mesh_axes_are_auto():
 
 
 def _run_steps(config, batches, devices=None):
-  c = build_components(config, devices)
+  c = experiment.build(config, devices)
   with parallel.run_context(c.mesh, c.rules):
     state = c.init_state()
     metrics, params = [], []
@@ -101,7 +101,7 @@ def test_parameters_are_sharded_as_the_rules_say(sharded_and_single):
 
 def test_fsdp_rules_shard_parameters_over_fsdp():
   config = runlocal([("data", 2), ("fsdp", 4), ("model", 1)])
-  c = build_components(config)
+  c = experiment.build(config)
   sharding = c.state_sharding.params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
   assert sharding.spec == P("fsdp", "model")
   assert parallel.data_parallel_size(c.mesh, c.rules) == 8
@@ -111,7 +111,7 @@ def test_steps_carry_the_activation_constraints_whoever_calls_them():
   """The planner, the benchmark and tests call the steps outside the trainer's mesh and
   rules context; they still compile its program, with the activation constraints (the
   planner once measured a program without them)."""
-  c = build_components(runlocal([("data", 2), ("fsdp", 4), ("model", 1)]))
+  c = experiment.build(runlocal([("data", 2), ("fsdp", 4), ("model", 1)]))
   batch = {"image": jax.ShapeDtypeStruct((8, 32, 32, 3), np.uint8, sharding=c.batch_sharding)}
   text = c.train_step.lower(c.restore_target(), batch).as_text()
   # (batch, length, embed): the batch over data x fsdp.
@@ -125,7 +125,7 @@ def test_batch_not_divisible_by_data_parallel_size():
   with config.unlocked():
     config.batch_size = 12
   with pytest.raises(ValueError, match="batch_size=12 is not divisible by the data-parallel size 8"):
-    build_components(config)
+    experiment.build(config)
 
 
 def test_tensor_parallel_and_fsdp_steps_equal_data_parallel():
@@ -165,7 +165,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   _, saved, _, _ = _run_steps(runlocal([("data", 8), ("fsdp", 1), ("model", 1)]), batches)
   checkpointer = Checkpointer(str(tmp_path), max_to_keep=1, save_interval_steps=1)
   checkpointer.save_state(1, saved)
-  target = build_components(runlocal([("data", 2), ("fsdp", 2), ("model", 2)]))
+  target = experiment.build(runlocal([("data", 2), ("fsdp", 2), ("model", 2)]))
   with parallel.run_context(target.mesh, target.rules):
     restored = checkpointer.restore_state(1, target.restore_target())
   checkpointer.close()

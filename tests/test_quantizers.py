@@ -8,8 +8,8 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sweet_jax.models.layers import l2_normalize
-from sweet_jax.optim import linear_ramp
+from sweet_jax.nn.layers import l2_normalize
+from sweet_jax.curriculum import linear_ramp
 from sweet_jax.quantizers.vq import VectorQuantizer, entropy_penalty
 
 

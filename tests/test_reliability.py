@@ -17,7 +17,8 @@ import tensorflow_datasets as tfds
 from configs import sweet_image, sweet_video
 from sweet_jax import nonfinite
 from sweet_jax.data import pipeline
-from sweet_jax.train import build_components, train_and_evaluate, validate_config
+from sweet_jax import experiment
+from sweet_jax.train import train_and_evaluate
 
 
 def runlocal(data_dir):
@@ -176,8 +177,8 @@ def test_impossible_settings_fail_before_compiling(config_name, override, messag
         node = node[parent]
       node[leaf] = value
   with pytest.raises(ValueError, match=message):
-    validate_config(config, jax.device_count())
-    build_components(config)
+    experiment.validate(config, jax.device_count())
+    experiment.build(config)
 
 
 class CorruptPhotos(tfds.core.GeneratorBasedBuilder):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from sweet_jax.alignment import (AlignmentProjector, adaptive_avg_pool_matrix, alignment_loss,
-                                 projector_input)
-from sweet_jax.evaluate.metrics import codebook_stats_by_group
+from sweet_jax.losses.alignment import adaptive_avg_pool_matrix, alignment_loss
+from sweet_jax.models.projector import AlignmentProjector, projector_input
+from sweet_jax.metrics import codebook_stats_by_group
 from sweet_jax.quantizers import SoftVectorQuantizer
 
 

@@ -12,7 +12,7 @@ from flax import linen as nn
 from sweet_jax.models import build_model
 from sweet_jax.models.softvq import SOFTVQ_SIZES, SoftVQVAE, count_parameters, softvq_preset
 
-# Paper (papers.md §2.2): SoftVQ-S/B/BL/L, at 256 px, patch 16.
+# Paper (arXiv:2412.10958): SoftVQ-S/B/BL/L, at 256 px, patch 16.
 PAPER = {"S": 45e6, "B": 173e6, "BL": 391e6, "L": 608e6}
 
 
@@ -133,7 +133,7 @@ def test_encoder_vit_has_the_teacher_layout(tmp_path):
   """DINOv2 weights converted by the teacher loader drop straight into the encoder
   (the official encoder starts from DINOv2 with the patch embedding resampled to 16)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from sweet_jax.models.teacher import load_teacher  # pylint: disable=g-import-not-at-top
+  from sweet_jax.nets.dinov2 import load_teacher  # pylint: disable=g-import-not-at-top
   from test_teacher import timm_state  # pylint: disable=g-import-not-at-top
   save_file(timm_state(width=32, depth=2, hidden=128, grid=3), str(tmp_path / "d.safetensors"))
   _, teacher = load_teacher(tmp_path / "d.safetensors", image_size=32, patch_size=8, num_heads=2)

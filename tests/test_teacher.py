@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sweet_jax.models import teacher as T
+from sweet_jax.nets import dinov2 as T
 from sweet_jax.weights import UnsafeWeightsError
 
 WIDTH, DEPTH, HEADS, HIDDEN, PATCH, GRID = 32, 2, 2, 128, 14, 3

@@ -17,7 +17,8 @@ from skimage import data as skimage_data
 from configs import sweet_image
 from sweet_jax import nonfinite, parallel
 from sweet_jax.codebook import artifact
-from sweet_jax.train import build_components, train_and_evaluate
+from sweet_jax import experiment
+from sweet_jax.train import train_and_evaluate
 from test_reliability import checkpoint_steps, signal_on_line
 
 
@@ -158,7 +159,7 @@ def test_frozen_codebook_projection_stays_put():
   config = sweet_image.get_config("runlocal")
   with config.unlocked():
     config.optim.lr_mult.codebook_projection = 0.0
-  c = build_components(config)
+  c = experiment.build(config)
   rng = np.random.default_rng(0)
   random_like = lambda x: np.asarray(rng.normal(size=x.shape), x.dtype)
   before = jax.tree.map(random_like, parallel.strip_boxes(c.abstract_state.params))
@@ -185,7 +186,7 @@ def test_unknown_parameter_group_multiplier():
   with config.unlocked():
     config.optim.lr_mult.decodr = 0.0
   with pytest.raises(ValueError, match="unknown groups \\['decodr'\\]"):
-    build_components(config)
+    experiment.build(config)
 
 
 def test_nonfinite_step_is_discarded_and_named(embedded_data_dir):
@@ -194,7 +195,7 @@ def test_nonfinite_step_is_discarded_and_named(embedded_data_dir):
   config = runlocal(embedded_data_dir)
   with config.unlocked():
     config.inject_nan_at_step = 3  # (test_reliability's: the same compiled step)
-  c = build_components(config)
+  c = experiment.build(config)
   state = c.init_state()
   batch = jax.device_put(
       {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)},

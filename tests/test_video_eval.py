@@ -12,7 +12,8 @@ from clu import metric_writers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sweet_jax.data import pipeline, video
-from sweet_jax.evaluate import images, metrics
+from sweet_jax import metrics
+from sweet_jax.evaluate import images
 from sweet_jax.evaluate import video as video_eval
 
 
@@ -28,12 +29,12 @@ def test_per_frame_metrics_match_per_image_metrics():
   rng = np.random.default_rng(0)
   target = rng.uniform(size=(2, 3, 16, 16, 3)).astype(np.float32)
   recon = np.clip(target + 0.05 * rng.standard_normal(target.shape), 0, 1).astype(np.float32)
-  psnr, ssim = jax.jit(video_eval.per_frame_metrics)(recon, target)
+  psnr, ssim = jax.jit(metrics.per_frame_metrics)(recon, target)
   assert psnr.shape == ssim.shape == (2, 3)
   np.testing.assert_allclose(psnr[1, 2], metrics.psnr(recon[1], target[1])[2], rtol=1e-5)
   np.testing.assert_allclose(ssim[0, 1], metrics.ssim(recon[0], target[0])[1], rtol=1e-5)
   with pytest.raises(ValueError, match=r"\[B, T, H, W, C\]"):
-    video_eval.per_frame_metrics(recon[0], target[0])
+    metrics.per_frame_metrics(recon[0], target[0])
 
 
 @pytest.mark.parametrize("height,width", [(32, 48), (33, 47)])
@@ -108,7 +109,7 @@ def _fake_eval_step(params, batch):
   are the clip's value modulo the codebook sizes."""
   target = batch["video"].astype(jnp.float32) / 255.0
   recon = jnp.clip(target + params, 0.0, 1.0)
-  psnr, ssim = video_eval.per_frame_metrics(recon, target)
+  psnr, ssim = metrics.per_frame_metrics(recon, target)
   value = batch["video"][:, 0, 0, 0, 0].astype(jnp.int32)
   indices = {"spatial": jnp.tile(value[:, None, None] % 16, (1, 4, 3)),
              "temporal": jnp.tile(value[:, None, None] % 8, (1, 2, 3))}

@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from conftest import ring_word_group
 from sweet_jax.models import build_model
-from sweet_jax.models.layers import apply_rope, rope_2d_angles
+from sweet_jax.nn.layers import apply_rope, rope_2d_angles
 from sweet_jax.models.video_cqae import (check_num_frames, params_from_image_model,
                                          temporal_slots, tubify, untubify)
 
@@ -112,7 +112,7 @@ def test_language_codebooks_spatial_nouns_temporal_verbs():
   groups = model.index_groups()
   assert set(groups) == {"spatial", "temporal"}
   assert set(groups["temporal"]) == set(temporal.pos_names)
-  assert model.bits_per_clip > model.bits_per_image > 0
+  assert model.bits_per_sample() > model.bits_per_image > 0
 
 
 def test_attention_switches_run_and_change_the_parameters():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from sweet_jax.models.layers import Block, Mlp
-from sweet_jax.models.vit import VIT_SIZES, ViT, vit
+from sweet_jax.nn.layers import Block, Mlp
+from sweet_jax.nn.vit import VIT_SIZES, ViT, vit
 
 X = jax.random.normal(jax.random.key(1), (2, 5, 16))
 

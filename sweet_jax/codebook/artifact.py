@@ -13,11 +13,14 @@ A codebook has two groups, as SweetTokenizer's MLC quantizer needs them:
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import zipfile
 
 import numpy as np
+from etils import epath
+
+from sweet_jax import io as sweet_io
 
 FORMAT_VERSION = 1
 GROUP_POS = {"spatial": ("adj", "noun"), "temporal": ("adv", "verb")}
@@ -98,11 +101,11 @@ def content_hash(groups: dict[str, WordGroup]) -> str:
 
 
 def save(out_dir: str, spatial: WordGroup, temporal: WordGroup, manifest: dict) -> LanguageCodebook:
-  """Writes `codebook.npz` + `manifest.json` (with format version and hash) to `out_dir`."""
+  """Writes `codebook.npz` + `manifest.json` (with format version and hash) to `out_dir`
+  (any filesystem; the manifest last, so a reader that finds it finds the arrays)."""
   groups = {"spatial": spatial, "temporal": temporal}
   for group in groups.values():
     group.validate()
-  os.makedirs(out_dir, exist_ok=True)
   arrays = {}
   for name, group in groups.items():
     arrays[f"{name}/num_first"] = np.asarray(group.num_first, np.int64)
@@ -111,33 +114,30 @@ def save(out_dir: str, spatial: WordGroup, temporal: WordGroup, manifest: dict) 
   manifest = dict(manifest, format_version=FORMAT_VERSION, hash=content_hash(groups),
                   sizes={name: {g.pos_names[0]: g.num_first, g.pos_names[1]: g.num_second}
                          for name, g in groups.items()})
-  # Write to temporary names first: a crash never leaves a half-written artifact in place.
-  npz_tmp = os.path.join(out_dir, "codebook.tmp.npz")
-  np.savez(npz_tmp, **arrays)
-  manifest_tmp = os.path.join(out_dir, "manifest.tmp.json")
-  with open(manifest_tmp, "w") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-  os.replace(npz_tmp, os.path.join(out_dir, "codebook.npz"))
-  os.replace(manifest_tmp, os.path.join(out_dir, "manifest.json"))
+  # Each file is written atomically: a crash never leaves a half-written artifact in place.
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  sweet_io.write_bytes(epath.Path(out_dir) / "codebook.npz", buffer.getvalue())
+  sweet_io.write_text(epath.Path(out_dir) / "manifest.json",
+                      json.dumps(manifest, indent=2, sort_keys=True))
   return LanguageCodebook(spatial=spatial, temporal=temporal, manifest=manifest)
 
 
 def load(path: str) -> LanguageCodebook:
   """Reads a codebook directory (or its `codebook.npz`) without pickle; checks its hash."""
-  directory = os.path.dirname(path) if path.endswith(".npz") else path
-  npz_path = os.path.join(directory, "codebook.npz")
-  manifest_path = os.path.join(directory, "manifest.json")
+  path = epath.Path(path)
+  directory = path.parent if path.name.endswith(".npz") else path
+  npz_path, manifest_path = directory / "codebook.npz", directory / "manifest.json"
   for p in (npz_path, manifest_path):
-    if not os.path.exists(p):
+    if not p.exists():
       raise FileNotFoundError(f"language codebook file {p} is missing; build one with "
                               f"`python -m sweet_jax.codebook.build --out={directory}`")
-  with open(manifest_path) as f:
-    manifest = json.load(f)
+  manifest = json.loads(manifest_path.read_text())
   if manifest.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{manifest_path}: format version {manifest.get('format_version')}, "
                      f"this code reads {FORMAT_VERSION}; rebuild the codebook")
   try:
-    with np.load(npz_path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(npz_path.read_bytes()), allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
   except ValueError as e:
     raise ValueError(f"{npz_path} is not a plain-array .npz ({e})") from e

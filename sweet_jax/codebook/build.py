@@ -25,7 +25,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
+from sweet_jax import io as sweet_io
 from sweet_jax.codebook import artifact, graph, pos, sources
 from sweet_jax.codebook.artifact import LanguageCodebook, WordGroup
 
@@ -197,8 +199,12 @@ def cached_codebook(cache_dir: str, **options) -> LanguageCodebook:
 
   A build goes to a temporary directory that is renamed into place, so a reader never
   sees a half-written codebook; when two processes race, the loser loads the winner's.
+  In a bucket (gs://...) the build is copied in with its manifest written last, so a
+  reader that finds the manifest finds the arrays.
   """
   opts = resolve_options(**options)
+  if not sweet_io.is_local(cache_dir):
+    return _cached_in_bucket(epath.Path(cache_dir) / cache_key(**opts), opts)
   final = os.path.join(cache_dir, cache_key(**opts))
   if os.path.exists(final):
     try:
@@ -220,6 +226,17 @@ def cached_codebook(cache_dir: str, **options) -> LanguageCodebook:
     return codebook
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_in_bucket(final: epath.Path, opts: dict) -> LanguageCodebook:
+  if (final / "manifest.json").exists():
+    try:
+      return artifact.load(final)
+    except _BROKEN_ENTRY as e:
+      logging.warning("Rebuilding the cached language codebook %s: %s", final, e)
+  with tempfile.TemporaryDirectory(prefix="sweet_jax_codebook_") as tmp:
+    codebook = build_codebook(tmp, **opts)
+  return artifact.save(str(final), codebook.spatial, codebook.temporal, codebook.manifest)
 
 
 def _discard(path: str) -> None:

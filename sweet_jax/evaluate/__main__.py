@@ -22,7 +22,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed = set_up_process()
-  from sweet_jax.evaluate.evaluator import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top  (TensorFlow is imported after set_up_process)
+  from sweet_jax.evaluate.saved_run import evaluate_checkpoint
   record = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, dataset=_DATASET.value,
                                split=_SPLIT.value, step=_STEP.value)
   print(json.dumps(record, indent=2))

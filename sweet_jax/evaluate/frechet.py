@@ -12,10 +12,11 @@ complex round-off on near-singular covariances (few samples, as on our held-out 
 """
 
 import dataclasses
-import os
+import io
 
 import numpy as np
 
+from sweet_jax import io as sweet_io
 from sweet_jax.weights import load_npz
 
 
@@ -75,11 +76,11 @@ def frechet_distance_of_features(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def save_stats(path: str, mean: np.ndarray, covariance: np.ndarray, count: int) -> None:
-  """Reference statistics as `.npz` (written atomically: a crash leaves no half file)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, mean=mean, covariance=covariance, count=np.asarray(count))
-  os.replace(tmp, path)
+  """Reference statistics as `.npz` on any filesystem (written atomically: a crash leaves
+  no half file)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, mean=mean, covariance=covariance, count=np.asarray(count))
+  sweet_io.write_bytes(path, buffer.getvalue())
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1,10 +1,12 @@
 """Image helpers for qualitative eval: float -> uint8, reconstruction grids, PNG output."""
 
-import pathlib
+import io
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from sweet_jax import io as sweet_io
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -35,11 +37,17 @@ def make_grid(rows: Sequence[np.ndarray], pad: int = 2, pad_value: int = 255) ->
   return grid
 
 
-def save_png(path: str | pathlib.Path, image: np.ndarray) -> None:
-  """Writes a uint8 [H, W, C] (C in {1, 3, 4}) or [H, W] image, creating parent dirs."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+def png_bytes(image: np.ndarray) -> bytes:
+  """A uint8 [H, W, C] (C in {1, 3, 4}) or [H, W] image, PNG-encoded."""
   image = np.asarray(image)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
-  Image.fromarray(image).save(path, format='PNG')
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def save_png(path: str | sweet_io.PathLike, image: np.ndarray) -> None:
+  """Writes a uint8 [H, W, C] (C in {1, 3, 4}) or [H, W] image as PNG, atomically, to any
+  filesystem (parent directories are created)."""
+  sweet_io.write_bytes(path, png_bytes(image))

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
 from sweet_jax.evaluate.images import make_grid, to_uint8
 from sweet_jax.evaluate.frechet import FeatureStats, frechet_distance
-from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
+from sweet_jax.metrics import codebook_stats_by_group, psnr, ssim
 
 
 def gather(tree: Any) -> Any:

@@ -7,28 +7,18 @@ temporal tokens) comes out alongside the means.
 
 import dataclasses
 import os
+import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 import imageio_ffmpeg
 import jax
 import numpy as np
 
+from sweet_jax import io as sweet_io
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
 from sweet_jax.evaluate.images import make_grid
-from sweet_jax.evaluate.metrics import codebook_stats_by_group, psnr, ssim
+from sweet_jax.metrics import codebook_stats_by_group, psnr, ssim
 from sweet_jax.evaluate.reconstruction import collect_held_out, perceptual_metrics
-
-
-def per_frame_metrics(recon: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """[B, T, H, W, C] in [0, 1] -> (PSNR [B, T], SSIM [B, T]); pure jnp, for jitted steps."""
-  if recon.shape != target.shape or recon.ndim != 5:
-    raise ValueError(
-        f"per_frame_metrics expects two [B, T, H, W, C] arrays of equal shape, got "
-        f"{recon.shape} and {target.shape}.")
-  b, t = recon.shape[:2]
-  frames = lambda x: x.reshape((b * t,) + x.shape[2:])
-  return (psnr(frames(recon), frames(target)).reshape(b, t),
-          ssim(frames(recon), frames(target)).reshape(b, t))
 
 
 def clip_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
@@ -49,8 +39,9 @@ def filmstrip(video: np.ndarray, max_frames: int = 9) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None:
-  """uint8 [T, H, W, 3] -> an H.264 MP4 (imageio-ffmpeg's bundled ffmpeg), written to a
-  temporary name first so a crash never leaves a broken file under `path`.
+  """uint8 [T, H, W, 3] -> an H.264 MP4 (imageio-ffmpeg's bundled ffmpeg) at `path` on any
+  filesystem. ffmpeg writes a local temporary file, which is then copied into place
+  atomically, so a crash never leaves a broken file under `path`.
 
   Odd heights/widths are padded by one edge pixel (yuv420p needs even sides), so that
   ffmpeg never rescales the frames.
@@ -60,9 +51,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None
     raise ValueError(f"expected uint8 frames [T>0, H, W, 3], got {frames.dtype} {frames.shape}")
   h, w = frames.shape[1:3]
   frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-  path = os.fspath(path)
-  tmp = path + ".tmp.mp4"
-  try:
+  with tempfile.TemporaryDirectory(prefix="sweet_jax_mp4_") as tmp_dir:
+    tmp = os.path.join(tmp_dir, "video.mp4")
     writer = imageio_ffmpeg.write_frames(
         tmp, (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264",
         pix_fmt_out="yuv420p", quality=9, macro_block_size=1, ffmpeg_log_level="error")
@@ -70,10 +60,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None
     for frame in frames:
       writer.send(np.ascontiguousarray(frame))
     writer.close()
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    with open(tmp, "rb") as f:  # a local temporary file of our own
+      data = f.read()
+  sweet_io.write_bytes(path, data)
 
 
 def write_video_summary(writer: Any, step: int, name: str, video: np.ndarray) -> None:

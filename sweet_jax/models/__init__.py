@@ -1,26 +1,25 @@
-"""Tokenizer registry: configs name a model, the trainer builds it from typed fields.
-
-Entries are import paths, resolved on use, so that importing `sweet_jax.models.layers`
-(as the quantizers do) never pulls in the models that import the quantizers.
-"""
-
-import importlib
+"""Tokenizer registry: configs name a model, the assembly builds it from typed fields."""
 
 from flax import linen as nn
 
-MODELS: dict[str, str] = {
-    "cqae_image": "sweet_jax.models.cqae:ImageCQAE",
-    "cqae_video": "sweet_jax.models.video_cqae:VideoCQAE",
-    "softvq": "sweet_jax.models.softvq:SoftVQVAE",
-    "titok": "sweet_jax.models.titok:TiTok",
+from sweet_jax.models.cqae import ImageCQAE
+from sweet_jax.models.softvq import SoftVQVAE
+from sweet_jax.models.titok import TiTok
+from sweet_jax.models.tokenizer import Tokenizer
+from sweet_jax.models.video_cqae import VideoCQAE
+
+MODELS: dict[str, type[Tokenizer]] = {
+    "cqae_image": ImageCQAE,
+    "cqae_video": VideoCQAE,
+    "softvq": SoftVQVAE,
+    "titok": TiTok,
 }
 
 
-def model_class(name: str) -> type[nn.Module]:
+def model_class(name: str) -> type[Tokenizer]:
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-  module, cls = MODELS[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+  return MODELS[name]
 
 
 def build_model(name: str, **fields) -> nn.Module:

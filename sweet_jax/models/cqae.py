@@ -7,7 +7,7 @@ Data flow (shapes for a batch of B images of side S, patch p, N = (S/p)^2):
             official code), keeping every block's output: feats[0..L-1]  [B,N,D]
   queries   Q learnable query tokens (+ their own position embeddings); in
             layer i they self-attend and cross-attend to feats[i] (the official
-            layer-i-to-layer-i scheme, papers.md §1.2), with a learned Gaussian
+            layer-i-to-layer-i scheme, arXiv:2412.10443), with a learned Gaussian
             locality prior on that cross-attention (ours, see layers.py)
             -> LN -> Dense -> [B,Q,d]
   quantizer `quantizer_type="vq"`: L2-normalised VQ over a K x d codebook;
@@ -29,14 +29,14 @@ Top-level submodules are the parameter groups used by the optimizer:
 """
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from sweet_jax.codebook.artifact import WordGroup
-from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, GaussianAttentionPrior,
+from sweet_jax.nn.layers import (AttentionOptions, ComputeOptions, GaussianAttentionPrior,
                                      LayerNorm, block, check_images, grid_points, grid_shape,
                                      learned_embedding, param_init, patch_position_embedding,
                                      patchify, unpatchify)
@@ -211,6 +211,8 @@ class ImageCQAE(ImageTokenizer):
   `__call__(images) -> (reconstruction, aux)`) is tokenizer.ImageTokenizer's.
   """
 
+  word_group_fields: ClassVar[Mapping[str, str]] = {"word_group": "spatial"}
+
   image_size: int = 64
   patch_size: int = 8
   width: int = 256
@@ -264,6 +266,5 @@ class ImageCQAE(ImageTokenizer):
     return self.queries(self.encoder(images))
 
   @property
-  def bits_per_image(self) -> float:
-    """Tokens x log2(distinct codes per token): the information budget of one image."""
-    return self.num_queries * self.make_quantizer(parent=None).bits_per_token()
+  def num_tokens(self) -> int:
+    return self.num_queries

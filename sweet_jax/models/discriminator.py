@@ -1,6 +1,6 @@
 """PatchGAN discriminators: 2-D for images (taming-transformers' NLayerDiscriminator) and
 3-D for clips (OmniTokenizer's NLayerDiscriminator3D, the one SweetTokenizer's decoder
-stage trains against; papers.md §1).
+stage trains against; arXiv:2412.10443).
 
     conv k4 s2 -> LeakyReLU(0.2)
     (depth - 1) x [conv k4 s2 (width x 2^i, at most x8) -> norm -> LeakyReLU]
@@ -20,12 +20,14 @@ jitted function over sharded arrays.
 
 from typing import Literal
 
+import ml_collections
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from sweet_jax.models.layers import param_init
+from sweet_jax.nn.layers import param_init
 
 Norm = Literal["batch", "group", "none"]
 
@@ -125,3 +127,17 @@ class PatchDiscriminator(nn.Module):
       x = self._conv(self.width * min(2**i, 8), stride, use_bias, f"conv{i}")(x)
       x = nn.leaky_relu(self._norm(x, f"norm{i}"), 0.2)
     return self._conv(1, 1, True, "logits")(x)
+
+
+def from_config(gan: ml_collections.ConfigDict, modality: str) -> PatchDiscriminator:
+  """config.gan's discriminator for a model of `modality` ("auto": 3-D for clips)."""
+  kind = gan.discriminator
+  if kind == "auto":
+    kind = "patchgan3d" if modality == "video" else "patchgan2d"
+  if kind not in ("patchgan2d", "patchgan3d"):
+    raise ValueError(f"config.gan.discriminator={kind!r}; use auto, patchgan2d or patchgan3d")
+  if kind == "patchgan2d" and modality == "video":
+    raise ValueError("config.gan.discriminator='patchgan2d' cannot judge the clips of a video "
+                     "model; use patchgan3d (or auto)")
+  return PatchDiscriminator(width=gan.width, depth=gan.depth, norm=gan.norm,
+                            spatial_dims=3 if kind == "patchgan3d" else 2)

@@ -1,4 +1,4 @@
-"""SoftVQ-VAE (arXiv 2412.10958), following the official code (papers.md §2.2-§2.4).
+"""SoftVQ-VAE (arXiv 2412.10958), following the official code (modelling/tokenizer.py).
 
 Data flow (B images of side S, patch p, N = (S/p)^2 patches, L latent tokens):
 
@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.alignment import AlignmentProjector, projector_input
-from sweet_jax.models.layers import ComputeOptions, check_images, param_init, unpatchify
+from sweet_jax.models.projector import AlignmentProjector, projector_input
+from sweet_jax.nn.layers import ComputeOptions, check_images, param_init, unpatchify
 from sweet_jax.models.tokenizer import ImageTokenizer
-from sweet_jax.models.vit import VIT_SIZES, ViT
+from sweet_jax.nn.vit import VIT_SIZES, ViT
 from sweet_jax.quantizers.softvq import SoftVectorQuantizer
 
 
@@ -124,7 +124,8 @@ def softvq_preset(name: str, num_latent_tokens: int = 64, **overrides) -> dict[s
   return {**fields, **overrides}
 
 
-# Published sizes (papers.md §2.2): (encoder ViT, decoder ViT).
+# Published sizes (arXiv:2412.10958): (encoder ViT, decoder ViT), the pairing inferred from the
+# paper's parameter counts.
 SOFTVQ_SIZES: dict[str, tuple[str, str]] = {
     "S": ("S", "S"), "B": ("B", "B"), "BL": ("B", "L"), "L": ("L", "L")}
 
@@ -193,9 +194,9 @@ class SoftVQVAE(ImageTokenizer):
     return {"aligned": self.projector(projector_input(codes, self.align_mode))}
 
   @property
-  def bits_per_image(self) -> float:
-    """Tokens x log2(codebook size) of the argmax indices (a soft code carries more)."""
-    return self.num_latent_tokens * self.make_quantizer(parent=None).bits_per_token()
+  def num_tokens(self) -> int:
+    """(Bits are counted on the argmax indices; a soft code carries more.)"""
+    return self.num_latent_tokens
 
   def index_groups(self) -> dict[str, tuple[tuple[int, ...] | None, int]]:
     """One entry per group codebook (usage is counted per codebook)."""

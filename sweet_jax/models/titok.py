@@ -1,4 +1,4 @@
-"""TiTok, "An Image is Worth 32 Tokens" (papers.md §3.2), as a sweet_jax tokenizer.
+"""TiTok, "An Image is Worth 32 Tokens" (arXiv:2406.07550), as a sweet_jax tokenizer.
 
 Data flow (N = (S/p)^2 patches, K latent tokens, W_e / W_d encoder / decoder width):
 
@@ -37,13 +37,12 @@ Presets (TITOK_SIZES, `titok_preset`): S / B / L widths and depths, and the publ
 TiTok-S-128, B-64, L-32 at 256x256; "BL-64" means a B encoder and an L decoder.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import (ComputeOptions, LayerNorm, block, check_images,
+from sweet_jax.nn.layers import (ComputeOptions, LayerNorm, block, check_images,
                                      learned_embedding, param_init, patchify, unpatchify)
 from sweet_jax.models.tokenizer import ImageTokenizer
 from sweet_jax.quantizers import VectorQuantizer
@@ -189,6 +188,5 @@ class TiTok(ImageTokenizer):
     return self.encoder(images)
 
   @property
-  def bits_per_image(self) -> float:
-    """Tokens x log2(codebook size)."""
-    return self.num_latent_tokens * math.log2(self.codebook_size)
+  def num_tokens(self) -> int:
+    return self.num_latent_tokens

@@ -28,7 +28,8 @@ An image is a clip of one frame: then there are no temporal tokens, the temporal
 modules are skipped, and the computation is exactly the image CQAE's, parameter
 for parameter (`params_from_image_model` loads image-trained weights).
 
-Deviations from the official code (papers.md §1.2), each for a reason stated here:
+Deviations from the official code (SweetTok, arXiv:2412.10443; modeling/sweettok.py),
+each for a reason stated here:
 - the PEG is the image model's per-frame 2-D convolution, not a causal 3-D one,
   so that image weights load unchanged; the decoder's mask tokens therefore get a
   learned per-frame embedding (in the official decoder frames 2..4 see identical
@@ -37,7 +38,7 @@ Deviations from the official code (papers.md §1.2), each for a reason stated he
 - pixels are regressed directly (no OmniTokenizer proxy codes, see cqae.py).
 """
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,8 @@ from flax import traverse_util
 from sweet_jax.codebook.artifact import WordGroup
 from sweet_jax.models.cqae import (PixelSmoothing, QueryEncoder, _dense, locality_priors,
                                    make_quantizer)
-from sweet_jax.models.layers import (AttentionOptions, ComputeOptions, LayerNorm, block,
+from sweet_jax.models.tokenizer import Tokenizer
+from sweet_jax.nn.layers import (AttentionOptions, ComputeOptions, LayerNorm, block,
                                      learned_embedding,
                                      patch_position_embedding, patchify, unpatchify)
 
@@ -267,7 +269,7 @@ class ClipDecoder(nn.Module):
     return smoothed.reshape(frames.shape)
 
 
-class VideoCQAE(nn.Module):
+class VideoCQAE(Tokenizer):
   """SweetTokenizer's video CQAE: spatial tokens (nouns/adjectives) + one temporal token
   per patch position (verbs/adverbs), or plain VQ codebooks for either.
 
@@ -307,7 +309,9 @@ class VideoCQAE(nn.Module):
   compute_dtype: str = "float32"  # layers.ComputeOptions, as in the image CQAE
   remat: str = "none"
 
-  takes_clips = True  # the trainer feeds images as one-frame clips
+  modality: ClassVar[str] = "video"  # images come in as one-frame clips
+  word_group_fields: ClassVar[Mapping[str, str]] = {"word_group": "spatial",
+                                                    "temporal_word_group": "temporal"}
 
   def _quantizer(self, temporal: bool, **module_kwargs) -> nn.Module:
     return make_quantizer(
@@ -416,20 +420,22 @@ class VideoCQAE(nn.Module):
   def num_temporal_tokens(self) -> int:
     return (self.image_size // self.patch_size) ** 2
 
-  @property
-  def bits_per_clip(self) -> float:
-    """Spatial + temporal tokens x log2(distinct codes per token), for a full clip."""
-    return (self.num_queries * self.make_quantizer(parent=None).bits_per_token()
-            + self.num_temporal_tokens * self.make_temporal_quantizer(parent=None).bits_per_token())
+  def quantizers(self) -> dict[str, nn.Module]:
+    return {"spatial": self.make_quantizer(parent=None),
+            "temporal": self.make_temporal_quantizer(parent=None)}
 
-  @property
-  def bits_per_image(self) -> float:
-    return self.num_queries * self.make_quantizer(parent=None).bits_per_token()
+  def token_counts(self, num_frames: int | None = None) -> dict[str, int]:
+    """Spatial tokens, and one temporal token per patch position for clips of more than
+    one frame."""
+    num_frames = self.num_frames if num_frames is None else num_frames
+    counts = {"spatial": self.num_queries}
+    if num_frames > 1:
+      counts["temporal"] = self.num_temporal_tokens
+    return counts
 
   def index_groups(self) -> dict[str, dict[str, tuple[tuple[int, ...] | None, int]]]:
     """Branch -> codebook name -> (index columns, size): usage statistics."""
-    return {"spatial": self.make_quantizer(parent=None).index_groups(),
-            "temporal": self.make_temporal_quantizer(parent=None).index_groups()}
+    return {branch: q.index_groups() for branch, q in self.quantizers().items()}
 
 
 def params_from_image_model(video_params: Tree, image_params: Tree) -> Tree:

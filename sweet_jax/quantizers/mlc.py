@@ -3,7 +3,7 @@
 The codebook rows are frozen word vectors (one `WordGroup` of the language codebook:
 adjectives then nouns for spatial tokens, adverbs then verbs for temporal ones) passed
 through a trainable 2-layer graph convolution over the word graph, as the official
-`MLC_quantizer_noun/verb` (papers.md §1.3):
+`MLC_quantizer_noun/verb` (SweetTok, arXiv:2412.10443; official modeling/quantizer/quantizer.py):
 
     C = GCN2(relu(GCN1(words)), dropout in training),   GCN(h) = Â h W + b
 
@@ -41,7 +41,7 @@ import scipy.sparse
 from flax import linen as nn
 
 from sweet_jax.codebook.artifact import WordGroup
-from sweet_jax.models.layers import l2_normalize, param_init
+from sweet_jax.nn.layers import l2_normalize, param_init
 from sweet_jax.quantizers.vq import entropy_penalty
 
 

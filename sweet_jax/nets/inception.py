@@ -19,7 +19,7 @@ BatchNorm uses the stored running statistics.
 
 The weights cannot be downloaded here, so FID takes a user-supplied file: the `.pth`,
 converted without torch (and without executing its pickle) by
-  python -m sweet_jax.evaluate.inception convert --pth=FILE.pth --out=FILE.npz
+  python -m sweet_jax.nets.inception convert --pth=FILE.pth --out=FILE.npz
 """
 
 import argparse
@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from sweet_jax import torch_weights, weights
 
@@ -48,7 +49,7 @@ _FID_WEIGHTS_SHA256_PREFIX = "6726825d"
 WEIGHTS_HELP = (
     f"FID needs pytorch-fid's InceptionV3 weights, {FID_WEIGHTS_FILE}, which are not "
     f"downloaded automatically. On a machine with internet, download {FID_WEIGHTS_URL}; convert it "
-    f"(no torch needed) with `python -m sweet_jax.evaluate.inception convert "
+    f"(no torch needed) with `python -m sweet_jax.nets.inception convert "
     f"--pth={FID_WEIGHTS_FILE} --out=pt_inception-2015-12-05.npz`, or supply any .npz of that "
     "state dict (keys such as 'Conv2d_1a_3x3.conv.weight'); and pass the .npz with "
     "--config.eval.inception_weights=pt_inception-2015-12-05.npz (the config field "
@@ -279,7 +280,7 @@ def load_inception_variables(path: str | None) -> dict:
   """{'params', 'batch_stats'} from a `.npz` of pytorch-fid's state dict (see WEIGHTS_HELP)."""
   if path is None:
     raise FileNotFoundError(f"No InceptionV3 weights given. {WEIGHTS_HELP}")
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"InceptionV3 weights file not found: {path}. {WEIGHTS_HELP}")
   if not path.endswith(".npz"):
     raise ValueError(f"{path}: expected a .npz of pytorch-fid's state dict. {WEIGHTS_HELP}")
@@ -321,7 +322,7 @@ def convert(pth_path: str, npz_path: str) -> dict[str, np.ndarray]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m sweet_jax.evaluate.inception",
+  parser = argparse.ArgumentParser(prog="python -m sweet_jax.nets.inception",
                                    description="Tools for the FID InceptionV3 weights.")
   commands = parser.add_subparsers(dest="command", required=True)
   convert_parser = commands.add_parser(

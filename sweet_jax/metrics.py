@@ -75,6 +75,18 @@ def ssim(
   return jnp.mean(luminance * contrast_structure, axis=(1, 2, 3))
 
 
+def per_frame_metrics(recon: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """[B, T, H, W, C] in [0, 1] -> (PSNR [B, T], SSIM [B, T]); pure jnp, for jitted steps."""
+  if recon.shape != target.shape or recon.ndim != 5:
+    raise ValueError(
+        f"per_frame_metrics expects two [B, T, H, W, C] arrays of equal shape, got "
+        f"{recon.shape} and {target.shape}.")
+  b, t = recon.shape[:2]
+  frames = lambda x: x.reshape((b * t,) + x.shape[2:])
+  return (psnr(frames(recon), frames(target)).reshape(b, t),
+          ssim(frames(recon), frames(target)).reshape(b, t))
+
+
 def codebook_stats(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
   """Code usage and perplexity of a batch of token indices (any int shape, values in [0, K)).
 

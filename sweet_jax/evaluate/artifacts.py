@@ -1,0 +1,88 @@
+"""Everything an evaluation leaves behind, written in one place: TensorBoard summaries
+(scalars, the picture, the words) and the run's files, on any filesystem:
+
+  metrics.json         the final held-out metrics (per stage under "stages")
+  stage_metrics.json   the held-out metrics after each curriculum stage, as they come
+  eval_<step>.json     a split evaluation (trainer's periodic one, or the evaluate CLI)
+  recon_grid.png       images: originals / reconstructions / bit-matched thumbnails
+  recon.mp4, recon_<stage>.mp4   clips: originals above reconstructions
+  words.md             the words of the shown examples' tokens (language codebook)
+"""
+
+from typing import Any
+
+from etils import epath
+
+from sweet_jax import io
+from sweet_jax.evaluate.evaluator import EvalResult
+from sweet_jax.evaluate.images import save_png
+from sweet_jax.evaluate.video import write_mp4, write_video_summary
+from sweet_jax.models.tokenizer import Tokenizer
+from sweet_jax.readout.words import sample_words_markdown, words_markdown
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+  """The scalar entries (per-frame curves and nested records left out)."""
+  return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def log_summary(writer: Any, result: EvalResult, prefix: str, model: Tokenizer,
+                num_word_images: int) -> None:
+  """The held-out picture, scalars and (language codebook) words under `prefix`."""
+  if model.modality == "video":
+    write_video_summary(writer, result.step, f"{prefix}/originals_recons", result.picture)
+  else:
+    writer.write_images(result.step,
+                        {f"{prefix}/originals_recons_thumbnails": result.picture[None]})
+  log_scalars(writer, result.step, prefix, result.metrics)
+  if model.has_words:
+    spatial = result.shown_indices
+    spatial = spatial["spatial"] if isinstance(spatial, dict) else spatial
+    writer.write_texts(result.step, {
+        f"{prefix}/words": words_markdown(model, spatial[:num_word_images])})
+
+
+def log_scalars(writer: Any, step: int, prefix: str, metrics: dict[str, Any]) -> None:
+  writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in numeric(metrics).items()})
+
+
+def write_eval_record(workdir: str, result: EvalResult, **extra: Any) -> epath.Path:
+  """`eval_<step>.json`: the split, whether reference statistics were cached, metrics."""
+  path = epath.Path(workdir) / f"eval_{result.step}.json"
+  io.write_json(path, dict(result.record(), **extra))
+  return path
+
+
+def write_stage_metrics(workdir: str, stage_results: dict[str, Any]) -> epath.Path:
+  path = epath.Path(workdir) / "stage_metrics.json"
+  io.write_json(path, stage_results)
+  return path
+
+
+def read_stage_metrics(workdir: str) -> dict[str, Any]:
+  return io.read_json(epath.Path(workdir) / "stage_metrics.json", default={})
+
+
+def write_stage_video(workdir: str, stage: str, result: EvalResult) -> epath.Path:
+  """recon_<stage>.mp4: the held-out clips after a curriculum stage."""
+  path = epath.Path(workdir) / f"recon_{stage}.mp4"
+  write_mp4(path, result.picture)
+  return path
+
+
+def write_run_outputs(workdir: str, metrics: dict[str, Any], result: EvalResult,
+                      model: Tokenizer) -> list[epath.Path]:
+  """metrics.json, the picture (recon.mp4 or recon_grid.png) and words.md; the paths."""
+  workdir = epath.Path(workdir)
+  paths = [workdir / "metrics.json"]
+  io.write_json(paths[0], metrics)
+  if model.modality == "video":
+    paths.append(workdir / "recon.mp4")
+    write_mp4(paths[-1], result.picture)
+  else:
+    paths.append(workdir / "recon_grid.png")
+    save_png(paths[-1], result.picture)
+  if model.has_words:
+    paths.append(workdir / "words.md")
+    io.write_text(paths[-1], sample_words_markdown(model, result.shown_indices))
+  return paths

@@ -1,0 +1,1 @@
+"""Reading tokens: the words behind a language-codebook tokenizer's tokens."""
