@@ -3,14 +3,16 @@ r"""SoftVQ-VAE (arXiv 2412.10958): a 1-D tokenizer with a soft categorical poste
 ViT encoder with L latent tokens appended to the patch tokens, each latent a softmax-
 weighted mix of codewords (no straight-through estimator), a ViT decoder from mask
 tokens, and representation alignment with a frozen DINOv2 teacher
-(sweet_jax/models/softvq.py, quantizers/softvq.py, alignment.py; papers.md §2).
+(sweet_jax/models/softvq.py, quantizers/softvq.py, losses/alignment.py;
+docs/one_d_tokenizers.md).
 Variants (`--config=configs/softvq.py:VARIANT[,TOKENS]`):
 
   cpu       the embedded photos at 64x64, sized to match SweetTokenizer's cpu config
-            (configs/sweet_image.py:cpu; parameter count and steps): the README's
+            (configs/sweet_image.py:cpu; parameter count and steps): the tokenizer
             comparison (./launch/compare.sh). No alignment: no DINOv2 weights ship
             offline (set config.alignment.teacher_path and config.loss.alignment=0.1
             to add it).
+            Expected results: docs/results.md#1-d-tokenizers-compared
   runlocal  a tiny model for tests (seconds).
   S, B, BL, L  the published sizes on ImageNet 256x256 (encoder / decoder ViT-S+S, B+B,
             B+L, L+L; 4 codebooks x 8192 x 32; TOKENS 64 (default) or 32), with the
@@ -70,8 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   c.optim.param_groups = PARAM_GROUPS
   c.optim.lr_mult = ml_collections.ConfigDict({name: 1.0 for name, _ in PARAM_GROUPS})
-  # The official objective (papers.md §2.5): MSE, no commitment / codebook terms, the
-  # entropy term at 0.01; perceptual, GAN and alignment where a variant turns them on.
+  # The official objective (arXiv:2412.10958; official configs/softvq-l-64.yaml): MSE, no
+  # commitment / codebook terms, the entropy term at 0.01; perceptual, GAN and alignment
+  # where a variant turns them on.
   c.loss.update(commitment=0.0, codebook=0.0, entropy=0.01)
   c.gan.adaptive_layer = r"^decoder/to_pixel/"
 

@@ -9,12 +9,7 @@ codebook/). Variants (`--config=configs/sweet_image.py:VARIANT[,CODEBOOK]`):
             About 10 minutes on 2 CPU cores.
             ./launch/local.sh   (or)
             python -m sweet_jax.main --config=configs/sweet_image.py:cpu --workdir=workdirs/cpu
-            Measured (64 held-out crops): PSNR 21.5 dB / SSIM 0.56, above the bit-matched
-            bicubic thumbnail (32 x 29 = 928 bits -> a 7x7 RGB thumbnail, 1176 bits:
-            20.9 dB / 0.50) and the plain-codebook ablation (20.9 dB / 0.52; seed 1:
-            21.8 vs 21.4 dB); with `cpu,vq` (320 bits) 20.2 dB / 0.49 against its 4x4
-            thumbnail's 19.2 / 0.43.
-            See the README, Results.
+            Expected results: docs/results.md#image-the-main-job
   runlocal  a tiny model for tests (seconds).
   B, L      ImageNet 256x256, patch 16, 256 query tokens:
             python -m sweet_jax.main --config=configs/sweet_image.py:B \
@@ -64,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       gcn_dropout=0.5,
       normalize_word_codes=False,
       # Transformer blocks: float32 | bfloat16 matmuls (parameters stay float32), and
-      # rematerialisation none | full | dots | dots_no_batch (models/layers.py).
+      # rematerialisation none | full | dots | dots_no_batch (nn/layers.py).
       compute_dtype="float32",
       remat="none",
   ))

