@@ -38,10 +38,11 @@ def gcs(tmp_path_factory):
 
 
 def objects(server, prefix: str) -> dict[str, bytes]:
-  """The bucket's objects under `prefix` (names relative to it) and their bytes."""
+  """The bucket's objects under `prefix` (names relative to it) and their bytes, without
+  the empty "directory/" markers that TensorFlow's makedirs leaves."""
   with server.store.lock:
     return {name[len(prefix):]: obj.data for name, obj in server.store.buckets[BUCKET].items()
-            if name.startswith(prefix)}
+            if name.startswith(prefix) and not name.endswith("/")}
 
 
 def complete_checkpoints(server, run: str) -> list[int]:
