@@ -29,6 +29,7 @@ import numpy as np
 from etils import epath
 
 from sweet_jax import experiment, parallel
+from sweet_jax.checkpoint import existing_checkpoints
 from sweet_jax.data import media
 from sweet_jax.evaluate.images import to_uint8
 from sweet_jax.models.tokenizer import Tokenizer
@@ -51,6 +52,10 @@ def load_tokenizer(workdir: str, step: int | None = None, *,
     raise RunNotFoundError(f"{workdir} has no config.json: is it the --workdir of a "
                            "sweet_jax training run (python -m sweet_jax.main)?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  try:
+    existing_checkpoints(str(workdir))
+  except FileNotFoundError as error:
+    raise RunNotFoundError(f"{error}: the run has not saved a checkpoint yet") from None
   devices = _local_data_parallel_devices(config)
   with config.unlocked():  # data parallel over this host's devices
     config.mesh = tuple((name, len(devices) if i == 0 else 1)

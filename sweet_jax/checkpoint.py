@@ -219,14 +219,23 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
                       abstract, shardings)
 
 
+def existing_checkpoints(workdir: str, purpose: str = "") -> epath.Path:
+  """`workdir`/checkpoints, or FileNotFoundError when there is none (readers check first,
+  so that a misspelt workdir is reported, not created)."""
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no checkpoint in {directory}{purpose}")
+  return directory
+
+
 def restore_run_state(workdir: str, target: Any, step: int | None = None, *,
                       purpose: str = "") -> tuple[Any, int]:
   """(train state, step) of `workdir`'s checkpoint (latest, or `step`), restored into
   `target` (ShapeDtypeStructs with shardings) without a data iterator: for readouts and
   evaluation. `purpose` ends the error message when there is no checkpoint (e.g. " to
-  evaluate")."""
-  checkpointer = Checkpointer(str(epath.Path(workdir) / "checkpoints"), max_to_keep=1,
-                              save_interval_steps=1)
+  evaluate"). Reads only: a workdir without checkpoints is an error, not created."""
+  directory = existing_checkpoints(workdir, purpose)
+  checkpointer = Checkpointer(str(directory), max_to_keep=1, save_interval_steps=1)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:

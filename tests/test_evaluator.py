@@ -132,3 +132,4 @@ def test_evaluating_a_workdir_without_checkpoints_says_so(tmp_path, embedded_dat
   config = _imagenet_config(embedded_data_dir, str(tmp_path / "reference"))
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*/checkpoints to evaluate"):
     evaluate_checkpoint(config, str(tmp_path / "empty"))
+  assert not (tmp_path / "empty").exists()  # a misspelt workdir is reported, not created

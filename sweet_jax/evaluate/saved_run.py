@@ -8,6 +8,7 @@ import ml_collections
 from clu import metric_writers
 
 from sweet_jax import experiment, io
+from sweet_jax.checkpoint import existing_checkpoints
 from sweet_jax.evaluate import artifacts
 from sweet_jax.evaluate.evaluator import ReconstructionEvaluator, default_cache_dir
 
@@ -20,6 +21,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   eval data); writes `eval_<step>.json` and TensorBoard scalars; returns the record."""
   experiment.validate(config, jax.device_count())
   workdir = io.absolute(workdir)
+  existing_checkpoints(workdir, " to evaluate")  # before build writes the codebook copy
   e = experiment.build(config, workdir=workdir)
   state, step = e.restore(workdir, step, purpose=" to evaluate")
   evaluator = ReconstructionEvaluator(e, dataset=dataset, split=split,

@@ -8,6 +8,9 @@ Conventions (taming-transformers / MaskGIT / MAGVIT):
   adaptive weight (taming): |grad_last L_nll| / (|grad_last L_gan| + 1e-4), clipped to
                  [0, max] and not differentiated, so the adversarial gradient at the
                  decoder's last layer is as large as the reconstruction gradient there.
+
+`DiscriminatorState` (part of the train state) and `discriminator_update` (run inside the
+tokenizer's step, on its reconstructions) are here too: the game lives in one place.
 """
 
 import dataclasses
