@@ -32,14 +32,18 @@ from sweet_jax.evaluate.images import make_grid, save_png
 from sweet_jax.evaluate.video import write_mp4
 from sweet_jax.readout.words import token_words
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
-_INPUT = flags.DEFINE_string("input", None, "An image or video file, or a directory of them.")
-_OUT = flags.DEFINE_string("out", None, "Where to write the reconstructions and the table.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_MAX_FRAMES = flags.DEFINE_integer(
-    "max_frames", None, "Frames of a video to reconstruct (default: a video model's trained "
-    "clip length; 16 for an image model).")
-flags.mark_flags_as_required(["workdir", "input", "out"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags, defined only when run as a program (other tools define --workdir too)."""
+  flags.DEFINE_string("workdir", None, "A training run's directory.")
+  flags.DEFINE_string("input", None, "An image or video file, or a directory of them.")
+  flags.DEFINE_string("out", None, "Where to write the reconstructions and the table.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("max_frames", None, "Frames of a video to reconstruct (default: a "
+                       "video model's trained clip length; 16 for an image model).")
+  flags.mark_flags_as_required(["workdir", "input", "out"])
 
 WORDS_SHOWN = 4  # tokens whose words the table shows (all of them are in the JSON)
 
@@ -113,14 +117,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from sweet_jax import api  # pylint: disable=g-import-not-at-top  (imports TF: after set-up)
-  files = media.list_media(_INPUT.value)
-  tok = api.load_tokenizer(_WORKDIR.value, _STEP.value)
-  out_dir = epath.Path(_OUT.value)
+  files = media.list_media(FLAGS.input)
+  tok = api.load_tokenizer(FLAGS.workdir, FLAGS.step)
+  out_dir = epath.Path(FLAGS.out)
   out_dir.mkdir(parents=True, exist_ok=True)
   records = []
   for i, path in enumerate(files):
     try:
-      records.append(reconstruct_file(tok, path, out_dir, _MAX_FRAMES.value))
+      records.append(reconstruct_file(tok, path, out_dir, FLAGS.max_frames))
     except media.MediaError as e:
       logging.warning("Skipping %s", e)
       print(f"skipped: {e}")
@@ -129,15 +133,16 @@ def main(argv):
   summary = table(records)
   io.write_text(out_dir / "reconstruct.md", summary)
   io.write_json(out_dir / "reconstruct.json",
-                {"workdir": _WORKDIR.value, "step": tok.step,
+                {"workdir": FLAGS.workdir, "step": tok.step,
                  "weights": "ema" if tok.ema else "raw", "files": records})
-  print(f"\nCheckpoint step {tok.step} of {_WORKDIR.value}:\n\n{summary}")
+  print(f"\nCheckpoint step {tok.step} of {FLAGS.workdir}:\n\n{summary}")
   print(f"Wrote {out_dir / 'reconstruct.md'}, {out_dir / 'reconstruct.json'} and "
         f"{sum('error' not in r for r in records)} reconstruction(s) to {out_dir}")
   if all("error" in r for r in records):
-    raise ValueError(f"none of the {len(files)} file(s) in --input {_INPUT.value} could be "
+    raise ValueError(f"none of the {len(files)} file(s) in --input {FLAGS.input} could be "
                      "reconstructed (see the reasons above)")
 
 
 if __name__ == "__main__":
+  define_flags()
   run_tool(main)

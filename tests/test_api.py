@@ -16,7 +16,7 @@ from etils import epath
 from skimage import data as skimage_data
 
 import sweet_jax
-from configs import sweet_image, sweet_video
+from configs import softvq, sweet_image, sweet_video, titok
 from sweet_jax import api, experiment, io
 from sweet_jax.checkpoint import Checkpointer
 from sweet_jax.data import media
@@ -181,3 +181,19 @@ def test_reconstruct_command_on_photos_a_video_and_a_bad_file(image_run, tmp_pat
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
   assert "has no config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module", [softvq, titok], ids=["softvq", "titok"])
+def test_one_d_tokenizers_load_and_reconstruct(module, tmp_path, embedded_data_dir):
+  config = module.get_config("runlocal")
+  with config.unlocked():
+    config.data.data_dir = embedded_data_dir
+  tok = sweet_jax.load_tokenizer(make_run(config, str(tmp_path)))
+  views, recons = tok.reconstruct(photos()[:2])
+  assert recons.shape == views.shape == (2, tok.image_size, tok.image_size, 3)
+  codes = tok.encode(photos()[:2])
+  assert codes.shape == (2, tok.model.num_tokens) and not tok.has_words
+  decoded = tok.decode(codes)
+  assert decoded.shape == recons.shape and decoded.dtype == np.uint8
+  if module is titok:  # a hard VQ: decoding the indices is the reconstruction
+    np.testing.assert_allclose(decoded, recons, atol=1)
