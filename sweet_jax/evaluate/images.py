@@ -49,5 +49,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def save_png(path: str | sweet_io.PathLike, image: np.ndarray) -> None:
   """Writes a uint8 [H, W, C] (C in {1, 3, 4}) or [H, W] image as PNG, atomically, to any
-  filesystem (parent directories are created)."""
+  filesystem (parent directories are created): a reader never sees a half-written file."""
+  if not str(path).lower().endswith('.png'):
+    raise ValueError(f'save_png writes PNG; name the file *.png, got {path}.')
   sweet_io.write_bytes(path, png_bytes(image))
