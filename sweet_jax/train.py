@@ -166,12 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if step % config.summary_every_steps == 0 and step != stage.end:
           summarize(step, "eval")
         if split_eval is not None and step % config.eval.every_steps == 0:
-          result = split_eval.run(state.eval_params, step)
-          artifacts.log_scalars(writer, step, split_eval.name, result.metrics)
-          if is_chief:
-            artifacts.write_eval_record(workdir, result)
-          logging.info("Evaluation of step %d on %s:%s: %s", step, result.dataset, result.split,
-                       artifacts.numeric(result.metrics))
+          artifacts.record_split_evaluation(writer, workdir,
+                                            split_eval.run(state.eval_params, step), is_chief)
         if has_curriculum and step == stage.end:
           end_of_stage(stage, step)
         if saving:

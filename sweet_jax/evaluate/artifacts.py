@@ -11,6 +11,7 @@
 
 from typing import Any
 
+from absl import logging
 from etils import epath
 
 from sweet_jax import io
@@ -46,11 +47,17 @@ def log_scalars(writer: Any, step: int, prefix: str, metrics: dict[str, Any]) ->
   writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in numeric(metrics).items()})
 
 
-def write_eval_record(workdir: str, result: EvalResult, **extra: Any) -> epath.Path:
-  """`eval_<step>.json`: the split, whether reference statistics were cached, metrics."""
-  path = epath.Path(workdir) / f"eval_{result.step}.json"
-  io.write_json(path, dict(result.record(), **extra))
-  return path
+def record_split_evaluation(writer: Any, workdir: str, result: EvalResult,
+                            chief: bool) -> None:
+  """A split evaluation (the trainer's periodic one, or the evaluate command): scalars
+  under eval_<dataset>_<split>/, `eval_<step>.json` (written by the chief) and a log line.
+  The record holds the split, whether reference statistics were cached, and the metrics."""
+  prefix = f"eval_{result.dataset}_{result.split}".replace("/", "_")
+  log_scalars(writer, result.step, prefix, result.metrics)
+  if chief:
+    io.write_json(epath.Path(workdir) / f"eval_{result.step}.json", result.record())
+  logging.info("Evaluation of step %d on %s:%s: %s", result.step, result.dataset,
+               result.split, numeric(result.metrics))
 
 
 def write_stage_metrics(workdir: str, stage_results: dict[str, Any]) -> epath.Path:

@@ -88,11 +88,6 @@ class ReconstructionEvaluator:
                           for name in experiment.eval_features}
     self._steps: dict[bool, Any] = {True: experiment.eval_step}  # real_features -> step
 
-  @property
-  def name(self) -> str:
-    """The TensorBoard prefix of a split evaluation, e.g. eval_imagenet2012_validation."""
-    return f"eval_{self.data.name}_{self.split}".replace("/", "_")
-
   def run(self, params: Any, step: int) -> EvalResult:
     e = self.experiment
     cached = {name: frechet.load_stats(path) for name, path in self.cache_paths.items()

@@ -29,8 +29,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   result = evaluator.run(state.eval_params, step)
   weights = "ema" if state.ema_params is not None else "raw"
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  artifacts.log_scalars(writer, step, evaluator.name, result.metrics)
+  artifacts.record_split_evaluation(writer, workdir, result, jax.process_index() == 0)
   writer.flush()
-  if jax.process_index() == 0:
-    artifacts.write_eval_record(workdir, result)
   return dict(result.record(), weights=weights)
