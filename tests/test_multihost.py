@@ -39,7 +39,8 @@ def _free_port() -> int:
 
 def _start_two_hosts(workdir: str, data_dir: str, *flags: str) -> list[subprocess.Popen]:
   """`python -m sweet_jax.main --distributed` as 2 processes (output merged, text)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ,  # A later device count overrides the suite's 8.
+             XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4",
              SWEET_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
              # The restarted processes reuse the first ones' compilations.
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
