@@ -79,9 +79,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   elif config.get("total_steps") is not None:
     raise ValueError("config.total_steps is derived from config.curriculum (the sum of the "
                      "stages' steps); set the stages' steps instead")
+  counts += ["keep_checkpoints"]  # orbax deletes every checkpoint at 0
   for name in counts:
-    if config[name] <= 0:
-      raise ValueError(f"config.{name} must be positive, got {config[name]}")
+    if not isinstance(config[name], int) or config[name] <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got {config[name]!r}: "
+                       f"set --config.{name}=N with N >= 1")
+  nonnegative = {"eval.every_steps": config.eval.every_steps,
+                 "num_summary_images": config.num_summary_images,
+                 "num_word_images": config.num_word_images,
+                 "max_consecutive_nonfinite": config.max_consecutive_nonfinite,
+                 "quantizer_warmup_steps": config.get("quantizer_warmup_steps", 0)}
+  for name, value in nonnegative.items():
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"config.{name} must be an integer >= 0, got {value!r}: set "
+                       f"--config.{name}=N with N >= 0" + (" (0: never)" if name ==
+                                                          "eval.every_steps" else ""))
+  if not 0 <= config.ema.decay < 1:
+    raise ValueError(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0: no EMA)")
+  if not 0 <= config.data.max_bad_fraction <= 1:
+    raise ValueError(f"config.data.max_bad_fraction={config.data.max_bad_fraction} is not a "
+                     "fraction: set it in [0, 1]")
 
 
 @dataclasses.dataclass

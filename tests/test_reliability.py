@@ -163,6 +163,17 @@ def test_full_disk_fails_at_start(tmp_path, embedded_data_dir, monkeypatch):
     ("image", {"model.num_heads": 3}, r"width=32 is not divisible by config.model.num_heads=3"),
     ("video", {"video_data.num_frames": 8},
      r"config.video_data.num_frames=8: a clip must have 1 \+ k\*4 frames"),
+    # orbax deleted every checkpoint at keep_checkpoints=0 (and exited 0); -1 gave a raw
+    # orbax error (issue #20).
+    ("image", {"keep_checkpoints": 0}, r"config.keep_checkpoints must be a positive integer, "
+     r"got 0: set --config.keep_checkpoints=N with N >= 1"),
+    ("image", {"keep_checkpoints": -1}, r"config.keep_checkpoints must be a positive integer"),
+    ("image", {"checkpoint_every_steps": 0}, r"config.checkpoint_every_steps must be a positive"),
+    ("image", {"eval.every_steps": -5}, r"config.eval.every_steps must be an integer >= 0.*"
+     r"\(0: never\)"),
+    ("image", {"num_word_images": -1}, r"config.num_word_images must be an integer >= 0"),
+    ("image", {"ema.decay": 1.0}, r"config.ema.decay=1.0 must be in \[0, 1\)"),
+    ("image", {"data.max_bad_fraction": 1.5}, r"max_bad_fraction=1.5 is not a fraction"),
     ("video", {"curriculum.stages.decoder.batch_size": 4},
      r"stage 'decoder' batch_size=4 .*set config.curriculum.stages.decoder.batch_size to a "
      r"multiple of 8"),
