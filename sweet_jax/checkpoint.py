@@ -24,8 +24,9 @@ from sweet_jax import io
 T = TypeVar("T")
 
 
-class NoValidCheckpointError(RuntimeError):
-  """Every checkpoint in the directory failed to restore (none was moved or deleted)."""
+class NoValidCheckpointError(ValueError):
+  """Every checkpoint in the directory failed to restore (none was moved or deleted): most
+  often a config that no longer matches the run's."""
 
 
 _array_writes_set = False
@@ -155,11 +156,28 @@ class Checkpointer:
                       force=True)
     self.manager.wait_until_finished()
 
+  def check_saved_shapes(self, step: int, abstract_state: Any) -> None:
+    """Raises ValueError naming the arrays whose saved shape differs from `abstract_state`'s
+    (or that only one side has): a checkpoint of another model, refused from its metadata
+    before any array is read (orbax's failed reads leave hundreds of tracebacks)."""
+    path = epath.Path(self.manager.directory) / str(step) / "state"
+    saved = _shapes(ocp.StandardCheckpointer().metadata(path).item_metadata)
+    wanted = _shapes(abstract_state)
+    params_first = lambda names: sorted(names, key=lambda k: (not k.startswith("params"), k))
+    problems = [f"{k}: saved {saved[k]}, this config {wanted[k]}"
+                for k in params_first(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+    problems += [f"{k}: only in the checkpoint" for k in params_first(set(saved) - set(wanted))]
+    problems += [f"{k}: not in the checkpoint" for k in params_first(set(wanted) - set(saved))]
+    if problems:
+      more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+      raise ValueError(f"checkpoint {step} holds another model: {'; '.join(problems[:3])}{more}")
+
   def restore(self, step: int, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any:
     """Restores into `abstract_state` (ShapeDtypeStructs with shardings, any mesh).
 
     The data iterator is repositioned in place; the restored state is returned.
     """
+    self.check_saved_shapes(step, abstract_state)
     restored = self.manager.restore(
         step,
         args=ocp.args.Composite(
@@ -171,6 +189,7 @@ class Checkpointer:
 
   def restore_state(self, step: int, abstract_state: Any) -> Any:
     """Restores only the train state (readouts and evaluators need no data iterator)."""
+    self.check_saved_shapes(step, abstract_state)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored.state
@@ -213,10 +232,27 @@ def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
                   "free some space, choose another --workdir, or keep fewer checkpoints")
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/encoder/kernel' -> shape, for a state, its abstract form or orbax's metadata."""
+  def name(path) -> str:
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+    return "/".join(str(k) for k in keys)
+  return {name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings: restore lands already sharded."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps with a checkpoint directory in `workdir`/checkpoints (finished or not)."""
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def existing_checkpoints(workdir: str, purpose: str = "") -> epath.Path:

@@ -10,6 +10,8 @@ SLURM, Open MPI and Kubernetes by itself; on a bare cluster pass --coordinator_a
 import logging as std_logging
 import os
 import sys
+import tempfile
+import traceback
 from typing import Callable
 
 from absl import app, flags, logging
@@ -24,8 +26,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank (bare clusters).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the whole traceback too.")
 
-# What a user's input can get wrong: these end a tool with their one-line message.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, OSError)
+# What a user's input or machine can get wrong (bad flags or files, a full or unwritable
+# disk, a run that diverged): the tools end on these with their message alone.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, app.UsageError)
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -95,19 +98,40 @@ def set_up_process() -> bool:
 
 
 def run_tool(main: Callable[[list[str]], None]) -> None:
-  """`app.run(main)` for a command-line tool (set up as `set_up_process`): an error in the
-  user's input ends it with one line, "error: ...", and exit status 1 (the traceback
-  with --verbose)."""
+  """`app.run(main)` for a command-line tool, set up as `set_up_process`. Any error ends it
+  with one line on stderr, "error: ...", and exit status 1: a user's error with its
+  message (which names the fix); any other with its type, first line and the path of a
+  file holding the traceback. --verbose prints the traceback instead."""
 
   def guarded(argv: list[str]) -> None:
-    distributed = set_up_process()
     try:
+      distributed = set_up_process()
       main(argv)
-    except USER_ERRORS as e:
+    except Exception as e:  # pylint: disable=broad-except; reported as one line below
       if _VERBOSE.value:
         raise
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+      print(f"error: {one_line_report(e)}", file=sys.stderr)
+      # Without the interpreter's shutdown: orbax's and tensorstore's threads, cut off by
+      # the error, print a traceback each ("Event loop is closed", hundreds) as they die.
+      # Saves are atomic (orbax renames a finished checkpoint into place), so nothing
+      # half-written is left behind as a checkpoint.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)  # pylint: disable=protected-access
     shutdown_distributed(distributed)
 
   app.run(guarded)
+
+
+def one_line_report(error: Exception) -> str:
+  """The line a tool ends with: the message of a user's error; otherwise the error's type
+  and first line, with its traceback saved to a file (named in the line)."""
+  message = str(error).strip()
+  if isinstance(error, USER_ERRORS):
+    return " ".join(message.split()) or type(error).__name__
+  with tempfile.NamedTemporaryFile("w", prefix="sweet_jax_error_", suffix=".txt",
+                                   delete=False) as f:
+    traceback.print_exception(error, file=f)
+  first = message.splitlines()[0][:300] if message else ""
+  return (f"{type(error).__name__}: {first} (an internal error; its traceback is in {f.name}, "
+          "or rerun with --verbose)")

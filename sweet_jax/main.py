@@ -1,10 +1,10 @@
 """Entry point: python -m sweet_jax.main --config=configs/sweet_image.py:cpu --workdir=DIR
-[--stop_at_step=N] [--distributed [--coordinator_address=H:P --num_processes=N --process_id=I]]"""
+[--stop_at_step=N] [--allow_config_change] [--distributed [--coordinator_address=H:P --num_processes=N --process_id=I]]"""
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sweet_jax.cli import set_up_process, shutdown_distributed
+from sweet_jax.cli import run_tool
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.", lock_config=True)
@@ -12,20 +12,22 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _STOP_AT_STEP = flags.DEFINE_integer(
     "stop_at_step", None, "End this invocation at this step, with a checkpoint; the schedules "
     "still follow the whole run (a time-boxed job: rerun to continue).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a run with a config that differs from its "
+    "config.json in more than the lengths, intervals and paths a restart may change.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed = set_up_process()
   from sweet_jax import train  # pylint: disable=g-import-not-at-top  (after TF is set up)
   metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                     stop_at_step=_STOP_AT_STEP.value)
+                                     stop_at_step=_STOP_AT_STEP.value,
+                                     allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   logging.info("Final metrics: %s", metrics)
   print(metrics)
-  shutdown_distributed(distributed)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_tool(main)

@@ -17,8 +17,9 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from sweet_jax import curriculum, experiment, io, nonfinite, parallel
-from sweet_jax.checkpoint import Checkpointer, check_free_space, check_workdir_writable
+from sweet_jax import curriculum, experiment, io, nonfinite, parallel, run_lock, run_record
+from sweet_jax.checkpoint import (Checkpointer, check_free_space, check_workdir_writable,
+                                  saved_steps)
 from sweet_jax.data import pipeline, streams
 from sweet_jax.evaluate import artifacts
 from sweet_jax.evaluate.evaluator import ReconstructionEvaluator, default_cache_dir
@@ -33,20 +34,33 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None) -> dict[str, Any]:
+                       stop_at_step: int | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics.
 
   With a curriculum, the held-out metrics after each stage are kept under "stages"
   (keyed by stage name). `stop_at_step` ends this invocation early (with a checkpoint)
   without changing the schedules, which stay defined by the full run: a time-boxed
-  job, or a test of resumption.
+  job, or a test of resumption. A resumed run's config must match the run's record
+  (`run_record.CHANGEABLE` aside) unless `allow_config_change`.
   """
   experiment.validate(config, jax.device_count())
   workdir = io.absolute(workdir)  # orbax needs absolute local paths
   check_workdir_writable(workdir)
+  lock = run_lock.acquire_for_job(workdir)  # before anything is written
+  try:
+    return _train_and_evaluate(config, workdir, stop_at_step, allow_config_change, lock)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop_at_step: int | None, allow_config_change: bool,
+                        lock: run_lock.RunLock) -> dict[str, Any]:
+  """`train_and_evaluate` once the run directory is this job's."""
   is_chief = jax.process_index() == 0
-  if is_chief:
-    io.write_text(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
+  if saved_steps(workdir):
+    run_record.check_resume(workdir, config, allow_change=allow_config_change)
   e = experiment.build(config, workdir=workdir)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(e.restore_target()))
   check_free_space(workdir, state_bytes, keep=config.keep_checkpoints)
@@ -90,6 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state, train_iter, iter_stage = e.init_state(), None, None
     else:
       _, (state, train_iter, iter_stage) = restored
+    if is_chief:  # the record changes only once the run has restored (or starts afresh)
+      run_record.write(workdir, config, step=int(state.step))
 
     num_parameters = e.num_parameters
     logging.info("Parameters: %d", num_parameters)
@@ -171,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if has_curriculum and step == stage.end:
           end_of_stage(stage, step)
         if saving:
+          lock.check()  # still this job's run directory
           checkpointer.save(step, state, train_iter, force=True)
     train_seconds = time.time() - train_start
 

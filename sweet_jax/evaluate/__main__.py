@@ -7,7 +7,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from sweet_jax.cli import set_up_process, shutdown_distributed
+from sweet_jax.cli import run_tool
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.", lock_config=True)
@@ -21,14 +21,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed = set_up_process()
   # pylint: disable-next=g-import-not-at-top  (TensorFlow is imported after set_up_process)
   from sweet_jax.evaluate.saved_run import evaluate_checkpoint
   record = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, dataset=_DATASET.value,
                                split=_SPLIT.value, step=_STEP.value)
   print(json.dumps(record, indent=2))
-  shutdown_distributed(distributed)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_tool(main)
