@@ -18,11 +18,25 @@ Both layouts `torch.save` has written are read (see torch/serialization.py):
     ('storage', storage_type, key, location, numel, view_metadata), where view_metadata is
     None or (view_key, element_offset, view_numel) for a slice of the storage `key`.
 Storages are filled only after the object pickle (legacy), so rebuilt tensors are references
-that `load_torch_state_dict` resolves at the end, by index math with numpy's bounds checks.
+that `load_torch_state_dict` resolves at the end.
+
+The file is untrusted, so every size is checked before memory is allocated for it, and any
+inconsistency is one `MalformedWeightsError` (a ValueError) naming the file, the problem and
+the fix: each storage's bytes must be exactly its declared element count times its element
+size and at most `MAX_TENSOR_BYTES`; each tensor's offset, sizes and strides must be
+non-negative integers, its last element (offset + sum((size - 1) * stride)) inside its
+storage, and its bytes at most `MAX_TENSOR_BYTES`. A tensor may not have more elements
+than the stretch of storage it reads (its offset to its last element): that refuses
+broadcast (stride-0) and other self-overlapping views, which would let a few bytes of file
+expand into gigabytes of memory; `torch.save` writes such views only for `expand()`ed
+tensors, which `.contiguous()` makes ordinary. So no tensor takes more memory than the
+bytes the file holds for it. Overlapping views that read no more elements than that
+stretch (harmless) are copied out like any other.
 """
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -34,6 +48,11 @@ import numpy as np
 from etils import epath
 
 from sweet_jax.weights import UnsafeWeightsError
+
+# The most bytes one storage or one tensor may take, checked before it is read: 4x the
+# largest single tensors of today's checkpoints (a 128k x 16k bf16 embedding is 4 GiB).
+# A genuine file above it can be read by raising this.
+MAX_TENSOR_BYTES = 16 * 2**30
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -53,19 +72,30 @@ STORAGE_DTYPES = {
 }
 
 
+_CORRUPT = ("the file is corrupt or was not written by torch.save; re-download it, or re-save "
+            "the state dict with torch.save from a copy you trust")
+
+
+class MalformedWeightsError(ValueError):
+  """A torch file whose sizes do not add up; the message names the file, problem and fix."""
+
+
 class StorageRef(NamedTuple):
-  """A storage named in the pickle: the root storage's key and where this view starts in it."""
+  """A storage named in the pickle: the root storage's key, where this (legacy) view of it
+  starts and how many elements the view has (all of the root's when it is no view)."""
   key: str
   dtype: np.dtype
   element_offset: int
+  numel: int
 
 
 class TensorRef(NamedTuple):
-  """A tensor rebuilt from the pickle, to be read out of its storage once storages are loaded."""
+  """A tensor rebuilt from the pickle, to be read out of its storage once storages are loaded
+  (the fields are as the pickle gave them, unchecked until then)."""
   storage: StorageRef
-  storage_offset: int
-  size: tuple[int, ...]
-  stride: tuple[int, ...]
+  storage_offset: Any
+  size: Any
+  stride: Any
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused_flags_and_hooks) -> TensorRef:
@@ -73,7 +103,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused_flags_and_hoo
   arguments, requires_grad, backward hooks and metadata, do not affect the values)."""
   if not isinstance(storage, StorageRef):
     raise ValueError(f"a tensor's storage is {type(storage).__name__}, not a storage reference")
-  return TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+  return TensorRef(storage, storage_offset, size, stride)  # Checked by `_read_tensor`.
 
 
 def _rebuild_parameter(data, *unused_flags_and_hooks) -> TensorRef:
@@ -111,10 +141,23 @@ class _TorchUnpickler(pickle.Unpickler):
             and isinstance(pid[1], np.dtype)):
       raise UnsafeWeightsError(f"{self._path}: refusing to load: persistent id {pid!r} is not "
                                "a tensor storage reference.")
-    dtype, key, numel = pid[1], str(pid[2]), int(pid[4])
-    self.storages[key] = (dtype, numel)
+    dtype, key, numel = pid[1], str(pid[2]), pid[4]
+    where = f"{self._path}: storage {key}"
+    if not _is_count(numel):
+      raise MalformedWeightsError(f"{where} declares {numel!r} elements, not a count; {_CORRUPT}.")
+    _check_limit(numel * dtype.itemsize, f"{where} declares {numel} elements of {dtype}")
+    if self.storages.setdefault(key, (dtype, numel)) != (dtype, numel):
+      raise MalformedWeightsError(
+          f"{where} is declared as {numel} elements of {dtype} and as "
+          f"{self.storages[key][1]} of {self.storages[key][0]}; {_CORRUPT}.")
     view = pid[5] if len(pid) == 6 else None
-    return StorageRef(key, dtype, 0 if view is None else int(view[1]))
+    if view is None:
+      return StorageRef(key, dtype, 0, numel)
+    if not (isinstance(view, tuple) and len(view) == 3 and _is_count(view[1])
+            and _is_count(view[2]) and view[1] + view[2] <= numel):
+      raise MalformedWeightsError(f"{where} has a view {view!r} that is not (key, offset, "
+                                  f"numel) inside its {numel} elements; {_CORRUPT}.")
+    return StorageRef(key, dtype, view[1], view[2])
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -128,7 +171,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       tree, storages = _load_zip(data, path)
     else:
       tree, storages = _load_legacy(data, path)
-  except UnsafeWeightsError:
+  except (UnsafeWeightsError, MalformedWeightsError):
     raise
   except Exception as e:  # Truncated, corrupt or not a torch file at all.
     raise ValueError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from e
@@ -156,8 +199,15 @@ def _load_zip(data: bytes, path: str) -> tuple[Any, dict[str, np.ndarray]]:
     tree = unpickler.load()
     storages = {}
     for key, (dtype, numel) in unpickler.storages.items():
-      storages[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype.newbyteorder(order),
-                                    numel)
+      name = f"{prefix}data/{key}"
+      if name not in archive.namelist():
+        raise MalformedWeightsError(f"{path}: storage {key} is missing ({name}); {_CORRUPT}.")
+      stored = archive.getinfo(name).file_size  # From the zip directory: nothing read yet.
+      if stored != numel * dtype.itemsize:
+        raise MalformedWeightsError(
+            f"{path}: storage {key} holds {stored} bytes, but is declared as {numel} elements "
+            f"of {dtype} ({numel * dtype.itemsize} bytes); {_CORRUPT}.")
+      storages[key] = np.frombuffer(archive.read(name), dtype.newbyteorder(order), numel)
   return tree, storages
 
 
@@ -175,31 +225,81 @@ def _load_legacy(data: bytes, path: str) -> tuple[Any, dict[str, np.ndarray]]:
   tree = unpickler.load()
   storages = {}
   for key in _TorchUnpickler(stream, path).load():
-    dtype, _ = unpickler.storages[key]
+    if str(key) not in unpickler.storages:
+      raise MalformedWeightsError(f"{path}: storage {key!r} is listed but no tensor declares "
+                                  f"it; {_CORRUPT}.")
+    dtype, declared = unpickler.storages[str(key)]
     (numel,) = struct.unpack("<q", stream.read(8))
+    if numel != declared:
+      raise MalformedWeightsError(f"{path}: storage {key} holds {numel} elements, but is "
+                                  f"declared with {declared}; {_CORRUPT}.")
     raw = stream.read(numel * dtype.itemsize)
     if len(raw) != numel * dtype.itemsize:
-      raise ValueError(f"storage {key} is truncated")
-    storages[key] = np.frombuffer(raw, dtype.newbyteorder("<"), numel)
+      raise MalformedWeightsError(f"{path}: storage {key} is truncated ({len(raw)} of "
+                                  f"{numel * dtype.itemsize} bytes); {_CORRUPT}.")
+    storages[str(key)] = np.frombuffer(raw, dtype.newbyteorder("<"), numel)
   return tree, storages
 
 
 def _read_tensor(tensor: TensorRef, storages: dict[str, np.ndarray], path: str,
                  name: str) -> np.ndarray:
-  """The tensor's elements gathered from its storage: element [i, j, ...] is
-  storage[view offset + storage_offset + i * stride[0] + j * stride[1] + ...]."""
-  start = tensor.storage.element_offset + tensor.storage_offset
-  if start < 0 or min(tensor.stride, default=0) < 0 or min(tensor.size, default=0) < 0:
-    raise ValueError(f"{path}: tensor {name!r} has a negative offset, size or stride.")
-  storage = storages.get(tensor.storage.key)
+  """The tensor's elements copied out of its storage: element [i, j, ...] is
+  storage[view offset + storage_offset + i * stride[0] + j * stride[1] + ...].
+
+  Everything is checked (module docstring) with Python integers before numpy sees a size,
+  so a hostile view is refused rather than allocated, and the copy reads only in bounds.
+  """
+  where = f"{path}: tensor {name!r}"
+  ref, offset, size, stride = tensor
+  if isinstance(size, (tuple, list)) and not size:
+    stride = ()  # A scalar reads the one element at its offset, whatever strides it names.
+  if not (_is_int(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+          and len(size) == len(stride) and all(map(_is_int, (*size, *stride)))):
+    raise MalformedWeightsError(f"{where} has a malformed view (offset {offset!r}, size "
+                                f"{size!r}, stride {stride!r}); {_CORRUPT}.")
+  if offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
+    raise MalformedWeightsError(f"{where} has a negative offset, size or stride (offset {offset}, "
+                                f"size {tuple(size)}, stride {tuple(stride)}); {_CORRUPT}.")
+  storage = storages.get(ref.key)
   if storage is None:
-    raise ValueError(f"{path}: tensor {name!r} refers to storage {tensor.storage.key}, "
-                     "which the file does not contain.")
-  index = np.asarray(start, np.int64)
-  for length, step in zip(tensor.size, tensor.stride):
-    index = index[..., None] + np.arange(length, dtype=np.int64) * step
-  try:
-    values = storage[index]
-  except IndexError as e:
-    raise ValueError(f"{path}: tensor {name!r} reaches past the end of its storage.") from e
-  return np.array(values, dtype=tensor.storage.dtype)  # Native byte order, own memory.
+    raise MalformedWeightsError(f"{where} refers to storage {ref.key}, which the file does not "
+                                f"contain; {_CORRUPT}.")
+  # A size-0 dimension empties the tensor but still counts as 1 here, so that numpy can make it.
+  _check_limit(math.prod(max(n, 1) for n in size) * ref.dtype.itemsize,
+               f"{where} has shape {tuple(size)} of {ref.dtype}")
+  count = math.prod(size)
+  if count == 0:
+    return np.zeros(tuple(size), ref.dtype)
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if last >= ref.numel:
+    raise MalformedWeightsError(
+        f"{where} reaches past the end of its storage (element {last} of {ref.numel}: offset "
+        f"{offset}, size {tuple(size)}, stride {tuple(stride)}); {_CORRUPT}.")
+  if count > last - offset + 1:
+    raise MalformedWeightsError(
+        f"{where} is a broadcast (stride-0) or overlapping view: {count} elements from "
+        f"{last - offset + 1} stored ones (size {tuple(size)}, stride {tuple(stride)}), which "
+        "would expand the file in memory and is refused; save such tensors with "
+        ".contiguous() before torch.save.")
+  itemsize = ref.dtype.itemsize
+  window = storage[ref.element_offset + offset:ref.element_offset + last + 1]
+  view = np.lib.stride_tricks.as_strided(  # Size-1 dimensions may carry any stride: use 0.
+      window, tuple(size), tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride)),
+      writeable=False)
+  return np.array(view, dtype=ref.dtype)  # Native byte order, own memory.
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+  return _is_int(value) and value >= 0
+
+
+def _check_limit(nbytes: int, what: str) -> None:
+  if nbytes > MAX_TENSOR_BYTES:
+    raise MalformedWeightsError(
+        f"{what}: {nbytes / 2**30:.1f} GiB, above MAX_TENSOR_BYTES "
+        f"({MAX_TENSOR_BYTES / 2**30:.0f} GiB) and refused before reading; if the file is "
+        "genuine, raise sweet_jax.torch_weights.MAX_TENSOR_BYTES.")

