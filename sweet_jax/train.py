@@ -17,13 +17,13 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from sweet_jax import curriculum, experiment, io, nonfinite, parallel, run_lock, run_record
+from sweet_jax import (curriculum, experiment, io, nonfinite, parallel, preemption, run_lock,
+                       run_record)
 from sweet_jax.checkpoint import (Checkpointer, check_free_space, check_workdir_writable,
                                   saved_steps)
 from sweet_jax.data import pipeline, streams
 from sweet_jax.evaluate import artifacts
 from sweet_jax.evaluate.evaluator import ReconstructionEvaluator, default_cache_dir
-from sweet_jax.preemption import PreemptionWatch
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -31,6 +31,12 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   if not history:
     return {}
   return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
+
+
+def _preempted_at_start(workdir: str, phase: str) -> dict[str, Any]:
+  logging.warning("Preempted (SIGTERM) while %s: stopped before training; %s is as it was",
+                  phase, workdir)
+  return {"step": None, "preempted": True, "train_seconds": 0.0}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -62,6 +68,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if saved_steps(workdir):
     run_record.check_resume(workdir, config, allow_change=allow_config_change)
   e = experiment.build(config, workdir=workdir)
+  if preemption.requested():
+    return _preempted_at_start(workdir, "building the run")
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(e.restore_target()))
   check_free_space(workdir, state_bytes, keep=config.keep_checkpoints)
   stages = e.stages
@@ -104,6 +112,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, train_iter, iter_stage = e.init_state(), None, None
     else:
       _, (state, train_iter, iter_stage) = restored
+    if preemption.requested():
+      checkpointer.close()
+      return _preempted_at_start(workdir, "restoring" if restored else "initializing")
     if is_chief:  # the record changes only once the run has restored (or starts afresh)
       run_record.write(workdir, config, step=int(state.step))
 
@@ -144,7 +155,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     guard = nonfinite.NonFiniteGuard(config.on_nonfinite, config.max_consecutive_nonfinite)
     train_start = time.time()
     preempted = False
-    with PreemptionWatch(checkpointer.manager) as watch:
+    with preemption.PreemptionWatch(checkpointer.manager) as watch:
       while step < last_step:
         index = curriculum.stage_index(stages, step)
         stage = stages[index]

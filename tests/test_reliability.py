@@ -72,6 +72,52 @@ def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path, embedded_dat
   assert jax.tree.leaves(_params(workdir, stopped))
 
 
+@pytest.mark.parametrize("phase,line,flags,checkpoints", [
+    # (the handler is installed before the imports; TF's and JAX's first lines come from
+    # the process set-up)
+    ("start-up", r"oneDNN custom operations|Unable to initialize backend", (), []),
+    ("first compile", r"Stage 'train': steps", (), [1]),
+    ("evaluation", r"\[2\] .*train/loss", ("--config.summary_every_steps=2",), [3]),
+    ("save", r"Writing the checkpoint of step 2", ("--config.checkpoint_every_steps=2",),
+     [2, 3]),
+])
+def test_sigterm_in_any_phase_exits_0_with_complete_checkpoints_only(
+    tmp_path, embedded_data_dir, start_main, phase, line, flags, checkpoints):
+  """SIGTERM exited -15 during start-up once (issue #20): the handler came with the loop."""
+  workdir = str(tmp_path / "run")
+  proc = start_main("--config=configs/sweet_image.py:runlocal", f"--workdir={workdir}",
+                    "--config.total_steps=100000", "--config.checkpoint_every_steps=100000",
+                    "--config.summary_every_steps=100000", "--config.log_every_steps=1",
+                    *flags, data_dir=embedded_data_dir)
+  log, _ = signal_on_line(proc, line, signal.SIGTERM)
+  assert proc.returncode == 0, f"{phase}: {log[-4000:]}"
+  if not checkpoints:  # stopped before the first step
+    assert "Preempted (SIGTERM) while building the run" in log, log[-2000:]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    return
+  assert checkpoint_steps(workdir) == checkpoints, log[-2000:]
+  for step in checkpoints:  # each one complete: it restores
+    assert jax.tree.leaves(_params(workdir, step))
+
+
+def test_sigterm_while_restoring_exits_0_and_leaves_the_run_as_it_was(
+    tmp_path, embedded_data_dir, start_main):
+  workdir = tmp_path / "run"
+  train_and_evaluate(runlocal(embedded_data_dir), str(workdir), stop_at_step=2)
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+  record = (workdir / "config.json").read_bytes()
+  proc = start_main("--config=configs/sweet_image.py:runlocal", f"--workdir={workdir}",
+                    data_dir=embedded_data_dir)
+  log, _ = signal_on_line(proc, r"Resuming stage 'train' from the checkpoint of step 2",
+                          signal.SIGTERM)
+  assert proc.returncode == 0, log[-4000:]
+  assert "Preempted (SIGTERM) while restoring" in log
+  assert checkpoint_steps(str(workdir)) == [2]
+  after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+  assert [p for p in after if p not in before and not p.startswith("events.out")] == []
+  assert (workdir / "config.json").read_bytes() == record
+
+
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, embedded_data_dir,
                                                                  caplog):
   config = runlocal(embedded_data_dir)
@@ -104,7 +150,7 @@ def test_no_restorable_checkpoint_moves_nothing(tmp_path, embedded_data_dir):
   with config.unlocked():
     config.model.width = 48  # a different model: the checkpoint no longer fits
   with pytest.raises(Exception, match="no checkpoint in .* can be restored .*nothing was moved"):
-    train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir, allow_config_change=True)  # (past the record's check)
   assert checkpoint_steps(workdir) == [2]
   assert not os.path.exists(str(tmp_path / "run" / "checkpoints_unreadable"))
 
