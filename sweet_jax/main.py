@@ -1,5 +1,6 @@
 """Entry point: python -m sweet_jax.main --config=configs/sweet_image.py:cpu --workdir=DIR
-[--stop_at_step=N] [--allow_config_change] [--distributed [--coordinator_address=H:P --num_processes=N --process_id=I]]"""
+[--stop_at_step=N] [--allow_config_change]
+[--distributed [--coordinator_address=H:P --num_processes=N --process_id=I]]"""
 
 from sweet_jax import preemption  # first: from here on SIGTERM stops the run cleanly
 

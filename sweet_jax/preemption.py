@@ -4,9 +4,10 @@ the trainer finish its current step, checkpoint that step, flush, and exit with 
 One process: our SIGTERM handler sets a flag that the loop reads after every step. The
 entry point installs it first thing (`install`), so a SIGTERM during start-up (imports,
 build, restore, the first compile) is kept too: the trainer stops at its next look, with
-nothing half-written. Several processes: jax.distributed's preemption service (which listens for SIGTERM in
-every process) agrees on one step at which all of them stop; orbax exposes it as
-`CheckpointManager.reached_preemption(step)`, which every process asks at every step.
+nothing half-written. Several processes: jax.distributed's preemption service (which
+listens for SIGTERM in every process, from its start) agrees on one step at which all of
+them stop; orbax exposes it as `CheckpointManager.reached_preemption(step)`, which every
+process asks at every step.
 """
 
 import signal

@@ -68,7 +68,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if saved_steps(workdir):
     run_record.check_resume(workdir, config, allow_change=allow_config_change)
   e = experiment.build(config, workdir=workdir)
-  if preemption.requested():
+  # (One process: a multi-host job stops only at a step that every process agrees on.)
+  single = jax.process_count() == 1
+  if single and preemption.requested():
     return _preempted_at_start(workdir, "building the run")
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(e.restore_target()))
   check_free_space(workdir, state_bytes, keep=config.keep_checkpoints)
@@ -112,7 +114,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, train_iter, iter_stage = e.init_state(), None, None
     else:
       _, (state, train_iter, iter_stage) = restored
-    if preemption.requested():
+    if single and preemption.requested():
       checkpointer.close()
       return _preempted_at_start(workdir, "restoring" if restored else "initializing")
     if is_chief:  # the record changes only once the run has restored (or starts afresh)
