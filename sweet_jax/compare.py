@@ -15,11 +15,12 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 from PIL import Image
 
 from sweet_jax import io as sweet_io
+from sweet_jax.cli import run_tool
 from sweet_jax.evaluate.images import save_png
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished run directories.", required=True)
@@ -104,4 +105,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_tool(main)

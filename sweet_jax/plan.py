@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sweet_jax import io
+from sweet_jax.cli import run_tool
 from sweet_jax.virtual_devices import restart_with_cpu_devices
 
 
@@ -167,4 +168,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  run_tool(main)
