@@ -159,6 +159,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     preempted = False
     with preemption.PreemptionWatch(checkpointer.manager) as watch:
       while step < last_step:
+        lock.check()  # still this job's run directory (a flag the lock's heartbeat sets)
         index = curriculum.stage_index(stages, step)
         stage = stages[index]
         if iter_stage != index:
@@ -200,7 +201,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if has_curriculum and step == stage.end:
           end_of_stage(stage, step)
         if saving:
-          lock.check()  # still this job's run directory
           checkpointer.save(step, state, train_iter, force=True)
     train_seconds = time.time() - train_start
 
