@@ -7,8 +7,10 @@ SLURM, Open MPI and Kubernetes by itself; on a bare cluster pass --coordinator_a
 --num_processes and --process_id to every process.
 """
 
+import errno
 import logging as std_logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -41,13 +43,19 @@ def hide_accelerators_from_tensorflow() -> None:
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops the libraries' INFO chatter (orbax logs every file it writes); keeps warnings."""
+  """Drops the libraries' INFO chatter (orbax logs every file it writes) and keeps their
+  warnings and errors, each as its one line: without the traceback that their background
+  threads attach to every failure (a full disk gave one per thread and file), unless
+  --verbose. The tool's own last line names the cause."""
 
   NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/absl/")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        part in record.pathname for part in self.NOISY)
+    if record.levelno < std_logging.WARNING:
+      return not any(part in record.pathname for part in self.NOISY)
+    if "/sweet_jax/" not in record.pathname and not _VERBOSE.value:
+      record.exc_info = record.exc_text = record.stack_info = None
+    return True
 
 
 def initialize_distributed(enabled: bool, coordinator_address: str | None = None,
@@ -123,15 +131,50 @@ def run_tool(main: Callable[[list[str]], None]) -> None:
   app.run(guarded)
 
 
+def _causes(error: BaseException, implicit: bool = False) -> list[BaseException]:
+  """`error` and what it was raised from (`raise ... from`), outermost first; `implicit`
+  adds what it was raised while handling."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or (error.__context__ if implicit else None)
+  return chain
+
+
+def _disk_full(error: BaseException) -> str | None:
+  """The one line for a full disk, wherever it surfaced: an OSError (ENOSPC) from our code
+  or orbax, or TensorFlow's ResourceExhaustedError from the summary writer, which clu
+  re-raises from its writer thread as an AsyncError."""
+  for e in _causes(error, implicit=True):
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      where = f" writing {e.filename}" if e.filename else ""
+    elif "No space left on device" in str(e):
+      path = re.search(r"(\S+); No space left on device", str(e))
+      where = f" writing {path[1]}" if path else ""
+    else:
+      continue
+    return (f"the disk is full (no space left on device{where}): free some space or write "
+            "elsewhere, then run again (a trainer resumes from its last complete checkpoint)")
+  return None
+
+
 def one_line_report(error: Exception) -> str:
-  """The line a tool ends with: the message of a user's error; otherwise the error's type
-  and first line, with its traceback saved to a file (named in the line)."""
+  """The line a tool ends with: a full disk as such; the message of a user's error, also
+  when it surfaced wrapped in a library's own error; otherwise the error's type and first
+  line, with its traceback saved to a file (named in the line)."""
+  disk_full = _disk_full(error)
+  if disk_full:
+    return disk_full
+  for e in _causes(error):
+    if isinstance(e, USER_ERRORS):
+      return " ".join(str(e).split()) or type(e).__name__
   message = str(error).strip()
-  if isinstance(error, USER_ERRORS):
-    return " ".join(message.split()) or type(error).__name__
-  with tempfile.NamedTemporaryFile("w", prefix="sweet_jax_error_", suffix=".txt",
-                                   delete=False) as f:
-    traceback.print_exception(error, file=f)
   first = message.splitlines()[0][:300] if message else ""
-  return (f"{type(error).__name__}: {first} (an internal error; its traceback is in {f.name}, "
-          "or rerun with --verbose)")
+  try:
+    with tempfile.NamedTemporaryFile("w", prefix="sweet_jax_error_", suffix=".txt",
+                                     delete=False) as f:
+      traceback.print_exception(error, file=f)
+    where = f"its traceback is in {f.name}, or rerun with --verbose"
+  except OSError:
+    where = "rerun with --verbose for its traceback"
+  return f"{type(error).__name__}: {first} (an internal error; {where})"

@@ -83,6 +83,20 @@ def clips_data_dir(tmp_path_factory) -> str:
   return data_dir
 
 
+def main_env(data_dir: str | None = None,
+             extra: dict[str, str] | None = None) -> dict[str, str]:
+  """The environment of a trainer subprocess: this session's devices and compilation cache,
+  the data in `data_dir`, and `extra`."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  if data_dir:
+    env["SWEET_JAX_DATA_DIR"] = data_dir
+  env.update(extra or {})
+  return env
+
+
 @pytest.fixture
 def start_main():
   """`start(*flags, data_dir=None, env=None)` starts `python -m sweet_jax.main` (stdout and
@@ -93,16 +107,9 @@ def start_main():
 
   def start(*flags: str, data_dir: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.Popen:
-    extra = env or {}
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    if data_dir:
-      env["SWEET_JAX_DATA_DIR"] = data_dir
-    env.update(extra)
-    proc = subprocess.Popen([sys.executable, "-m", "sweet_jax.main", *flags], cwd=repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sweet_jax.main", *flags], cwd=repo,
+                            env=main_env(data_dir, env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     procs.append(proc)
     return proc
 

@@ -3,9 +3,14 @@ guard's modes, bad data, fail-at-start checks, in the real trainer. (SIGKILL and
 resumption: test_train.py's end-to-end test and test_curriculum.py's boundary test.)"""
 
 import io
+import json
 import os
 import re
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import jax
@@ -19,6 +24,9 @@ from sweet_jax import nonfinite
 from sweet_jax.data import pipeline
 from sweet_jax import experiment
 from sweet_jax.train import train_and_evaluate
+from conftest import main_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def runlocal(data_dir):
@@ -200,6 +208,51 @@ def test_full_disk_fails_at_start(tmp_path, embedded_data_dir, monkeypatch):
   with pytest.raises(OSError, match=message):
     train_and_evaluate(runlocal(embedded_data_dir), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def _with_own_mounts() -> list[str] | None:
+  """The prefix that runs a command with mounts of its own, gone when it ends: a mount
+  namespace (root), or one inside a user namespace (others); None where neither works."""
+  if not shutil.which("unshare"):
+    return None
+  for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+    if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0:
+      return prefix
+  return None
+
+
+def test_a_disk_that_fills_mid_run_ends_in_one_line_and_the_run_resumes(tmp_path,
+                                                                        embedded_data_dir):
+  # A 6 MiB disk (tmpfs) passes the start check but not the checkpoints' growth (about
+  # 2 MiB each, written every step). Before issue #20 this ended in a raw traceback of
+  # clu's AsyncError after orbax's and TF's threads had printed one each.
+  prefix = _with_own_mounts()
+  if prefix is None:
+    pytest.skip("making a small disk needs util-linux `unshare` with mount namespaces")
+  run, logs = tmp_path / "run", tmp_path / "logs"
+  run.mkdir()
+  logs.mkdir()
+  main = (f"{shlex.quote(sys.executable)} -m sweet_jax.main --workdir={run} "
+          "--config=configs/sweet_image.py:runlocal --config.total_steps=8 "
+          "--config.checkpoint_every_steps=1")
+  subprocess.run([*prefix, "bash", "-c", f"""
+      mount -t tmpfs -o size=6m tmpfs {run}
+      {main} > {logs}/full.log 2>&1; echo $? > {logs}/full.rc
+      mount -o remount,size=64m {run}
+      {main} > {logs}/resumed.log 2>&1; echo $? > {logs}/resumed.rc
+      cp {run}/metrics.json {logs}/"""], cwd=REPO, env=main_env(embedded_data_dir),
+                 check=True, timeout=600)
+  full = (logs / "full.log").read_text()
+  assert (logs / "full.rc").read_text().strip() == "1", full[-3000:]
+  assert re.fullmatch(r"error: the disk is full \(no space left on device( writing \S+)?\): "
+                      r"free some space or write elsewhere, then run again \(a trainer "
+                      r"resumes from its last complete checkpoint\)",
+                      full.strip().splitlines()[-1]), full[-3000:]
+  assert "Traceback" not in full, full  # the libraries' threads' ones too
+  resumed = (logs / "resumed.log").read_text()
+  assert (logs / "resumed.rc").read_text().strip() == "0", resumed[-3000:]
+  assert re.search(r"Resuming stage 'train' from the checkpoint of step [1-7] ", resumed)
+  assert json.loads((logs / "metrics.json").read_text())["step"] == 8
 
 
 @pytest.mark.parametrize("config_name,override,message", [

@@ -2,6 +2,7 @@
 and gs://), a config record that changes only with a healthy (re)start and refuses a
 resume with another config, and one readable line for every error of the tools."""
 
+import errno
 import json
 import os
 import signal
@@ -202,3 +203,29 @@ def test_an_internal_error_is_one_line_with_its_traceback_in_a_file():
     assert "in broken" in f.read()
   os.remove(path)
   assert cli.one_line_report(ValueError("bad\n  value")) == "bad value"
+
+
+def test_the_line_names_the_cause_a_library_wrapped():
+  class AsyncError(Exception):  # as clu's writer thread re-raises what it hit
+    pass
+  try:
+    try:
+      raise PermissionError(13, "Permission denied: /runs/a/events")
+    except PermissionError as e:
+      raise AsyncError("Consider re-running the code without AsyncWriter") from e
+  except AsyncError as e:
+    assert cli.one_line_report(e) == "[Errno 13] Permission denied: /runs/a/events"
+  full = OSError(errno.ENOSPC, "No space left on device", "/runs/a/checkpoints/4/x")
+  assert cli.one_line_report(full).startswith(
+      "the disk is full (no space left on device writing /runs/a/checkpoints/4/x): free some "
+      "space or write elsewhere")
+  # A bug met while handling a user's error is reported as the bug.
+  try:
+    try:
+      raise ValueError("bad value")
+    except ValueError:
+      raise KeyError("a bug")  # pylint: disable=raise-missing-from
+  except KeyError as e:
+    line = cli.one_line_report(e)
+  assert line.startswith("KeyError: 'a bug' (an internal error")
+  os.remove(line.split("its traceback is in ")[1].split(",")[0])
