@@ -7,7 +7,8 @@ build, restore, the first compile) is kept too: the trainer stops at its next lo
 nothing half-written. Several processes: jax.distributed's preemption service (which
 listens for SIGTERM in every process, from its start) agrees on one step at which all of
 them stop; orbax exposes it as `CheckpointManager.reached_preemption(step)`, which every
-process asks at every step.
+process asks at every step. A SIGTERM that came before the service (to any process) stops
+them all once the run is built (`requested_by_any_process`).
 """
 
 import signal
@@ -35,6 +36,19 @@ def install() -> None:
 def requested() -> bool:
   """Whether SIGTERM arrived since `install` (or while a `PreemptionWatch` was open)."""
   return _requested.is_set()
+
+
+def requested_by_any_process() -> bool:
+  """Whether SIGTERM reached any process of the job since `install`. With several
+  processes, that is during their start-up, before jax.distributed.initialize: from then
+  on its preemption service takes SIGTERM over, and `PreemptionWatch` asks it at every
+  step. A collective then: every process calls it at the same point."""
+  import jax  # pylint: disable=g-import-not-at-top  (as in PreemptionWatch)
+  if jax.process_count() == 1:
+    return requested()
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(requested()))))
 
 
 class PreemptionWatch:

@@ -68,10 +68,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if saved_steps(workdir):
     run_record.check_resume(workdir, config, allow_change=allow_config_change)
   e = experiment.build(config, workdir=workdir)
-  # (One process: a multi-host job stops only at a step that every process agrees on.)
-  single = jax.process_count() == 1
-  if single and preemption.requested():
+  if preemption.requested_by_any_process():  # (several processes: before they joined)
     return _preempted_at_start(workdir, "building the run")
+  # (From here on a multi-host job stops only at a step that every process agrees on.)
+  single = jax.process_count() == 1
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(e.restore_target()))
   check_free_space(workdir, state_bytes, keep=config.keep_checkpoints)
   stages = e.stages

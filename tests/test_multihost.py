@@ -146,6 +146,29 @@ def test_sigterm_to_one_host_stops_both_at_one_checkpointed_step(tmp_path, embed
   assert saved == [str(steps[0])]
 
 
+def test_sigterm_to_one_host_before_it_joins_stops_both_before_training(tmp_path,
+                                                                       embedded_data_dir):
+  """A SIGTERM during process 1's imports, before jax.distributed (and its preemption
+  service) starts: both processes stop once the run is built, exit 0, and save nothing.
+  Before issue #20 process 1 kept the notice to itself and both trained on."""
+  workdir = str(tmp_path / "preempted_at_start")
+  procs = _start_two_hosts(workdir, embedded_data_dir)
+  try:
+    for line in procs[1].stdout:  # TF's first line: the imports, before the job is joined
+      if "oneDNN custom operations" in line or "Unable to initialize backend" in line:
+        break
+    procs[1].send_signal(signal.SIGTERM)
+    logs = [proc.communicate(timeout=300)[0] for proc in procs]
+  finally:
+    for proc in procs:
+      proc.kill()
+  for i, (proc, log) in enumerate(zip(procs, logs)):
+    assert proc.returncode == 0, f"process {i}:\n{log[-4000:]}"
+    assert "Preempted (SIGTERM) while building the run" in log, log[-3000:]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(enabled=False, coordinator_address="h:1"), "only apply to a multi-host job: add "
      "--distributed"),
