@@ -28,9 +28,41 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank (bare clusters).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the whole traceback too.")
 
+def verbose() -> bool:
+  """Whether the tool was asked for everything (--verbose): libraries' logs, tracebacks."""
+  return _VERBOSE.value
+
+
 # What a user's input or machine can get wrong (bad flags or files, a full or unwritable
 # disk, a run that diverged): the tools end on these with their message alone.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, app.UsageError)
+
+
+def _import_tensorflow_quietly() -> None:
+  """Imports TensorFlow (if installed) with file descriptor 2 on a temporary file: its
+  native start-up banners (oneDNN, CPU features, absl's) bypass Python's logging and
+  TF_CPP_MIN_LOG_LEVEL. They are shown after all if the import fails, and always with
+  --verbose (read from the command line: flags are parsed later)."""
+  if "tensorflow" in sys.modules or "--verbose" in sys.argv:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+      failed = False
+    except Exception:  # pylint: disable=broad-except  (TF is optional; reported below)
+      failed = True
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+    if failed:
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors="replace"))
+
+
+_import_tensorflow_quietly()  # tools import this module before anything that imports TF
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -48,12 +80,20 @@ class _QuietLibraries(std_logging.Filter):
   threads attach to every failure (a full disk gave one per thread and file), unless
   --verbose. The tool's own last line names the cause."""
 
-  NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/absl/")
+  NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/absl/", "/jax/", "/clu/")
+  # Warnings that every run would print and no one can act on.
+  HARMLESS = ("OpenCV is not installed", "has no dataset_info.json",
+              "Type handler registry type")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if _VERBOSE.value:
+      return True
+    ours = "/sweet_jax/" in record.pathname
     if record.levelno < std_logging.WARNING:
-      return not any(part in record.pathname for part in self.NOISY)
-    if "/sweet_jax/" not in record.pathname and not _VERBOSE.value:
+      return ours or not any(part in record.pathname for part in self.NOISY)
+    if not ours:
+      if any(text in record.getMessage() for text in self.HARMLESS):
+        return False
       record.exc_info = record.exc_text = record.stack_info = None
     return True
 
@@ -101,6 +141,9 @@ def set_up_process() -> bool:
   """Logging, TF, and the multi-host runtime; returns whether it joined a multi-host job."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   hide_accelerators_from_tensorflow()
+  if not _VERBOSE.value:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()  # (the embedded datasets build in seconds)
   return initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)
 

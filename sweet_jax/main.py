@@ -7,10 +7,12 @@ from sweet_jax import preemption  # first: from here on SIGTERM stops the run cl
 preemption.install()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import time
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sweet_jax.cli import run_tool
+from sweet_jax.cli import run_tool, verbose
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.", lock_config=True)
@@ -27,12 +29,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from sweet_jax import train  # pylint: disable=g-import-not-at-top  (after TF is set up)
+  start = time.time()
+  # (imported once TF is set up)
+  from sweet_jax import io, train  # pylint: disable=g-import-not-at-top
+  from sweet_jax.evaluate import artifacts  # pylint: disable=g-import-not-at-top
   metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                      stop_at_step=_STOP_AT_STEP.value,
-                                     allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  logging.info("Final metrics: %s", metrics)
-  print(metrics)
+                                     allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                                     log_all_metrics=verbose())
+  logging.debug("Final metrics: %s", metrics)
+  print(artifacts.run_summary(metrics, io.absolute(_WORKDIR.value), time.time() - start),
+        flush=True)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from etils import epath
 
-from sweet_jax import (curriculum, experiment, io, nonfinite, parallel, preemption, run_lock,
-                       run_record)
+from sweet_jax import (curriculum, experiment, io, nonfinite, parallel, preemption, progress,
+                       run_lock, run_record)
 from sweet_jax.checkpoint import (Checkpointer, check_free_space, check_workdir_writable,
                                   saved_steps)
 from sweet_jax.data import pipeline, streams
@@ -39,30 +39,43 @@ def _preempted_at_start(workdir: str, phase: str) -> dict[str, Any]:
   return {"step": None, "preempted": True, "train_seconds": 0.0}
 
 
+def _metric_writer(workdir: str, is_chief: bool, log_all_metrics: bool
+                   ) -> metric_writers.MetricWriter:
+  """TensorBoard (the chief's), and every metric in the log when `log_all_metrics`
+  (otherwise the log gets the compact progress line)."""
+  writers = [metric_writers.LoggingWriter()] if log_all_metrics else []
+  if is_chief:
+    writers.append(metric_writers.SummaryWriter(workdir))
+  return metric_writers.AsyncMultiWriter(writers)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None,
-                       allow_config_change: bool = False) -> dict[str, Any]:
+                       allow_config_change: bool = False,
+                       log_all_metrics: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics.
 
   With a curriculum, the held-out metrics after each stage are kept under "stages"
   (keyed by stage name). `stop_at_step` ends this invocation early (with a checkpoint)
   without changing the schedules, which stay defined by the full run: a time-boxed
   job, or a test of resumption. A resumed run's config must match the run's record
-  (`run_record.CHANGEABLE` aside) unless `allow_config_change`.
+  (`run_record.CHANGEABLE` aside) unless `allow_config_change`. The log shows a compact
+  progress line, or every metric with `log_all_metrics`.
   """
   experiment.validate(config, jax.device_count())
   workdir = io.absolute(workdir)  # orbax needs absolute local paths
   check_workdir_writable(workdir)
   lock = run_lock.acquire_for_job(workdir)  # before anything is written
   try:
-    return _train_and_evaluate(config, workdir, stop_at_step, allow_config_change, lock)
+    return _train_and_evaluate(config, workdir, stop_at_step, allow_config_change, lock,
+                               log_all_metrics)
   finally:
     lock.release()
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop_at_step: int | None, allow_config_change: bool,
-                        lock: run_lock.RunLock) -> dict[str, Any]:
+                        lock: run_lock.RunLock, log_all_metrics: bool) -> dict[str, Any]:
   """`train_and_evaluate` once the run directory is this job's."""
   is_chief = jax.process_index() == 0
   if saved_steps(workdir):
@@ -83,7 +96,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   split_eval = (ReconstructionEvaluator(e, dataset=config.eval.dataset, split=config.eval.split,
                                         reference_cache=default_cache_dir(config))
                 if config.eval.every_steps else None)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer = _metric_writer(workdir, is_chief, log_all_metrics)
   to_global = lambda b: parallel.to_global(b, e.batch_sharding)
 
   with parallel.run_context(e.mesh, e.rules):
@@ -150,8 +163,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for stage in stages:
         if stage.end == step and stage.name not in stage_results:
           end_of_stage(stage, step)
-    report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                             every_secs=30.0)
+    tracker = progress.TrainingProgress(total)
     history: list[dict[str, Any]] = []  # device metrics of the steps not yet fetched
     finite_history: list[dict[str, Any]] = []  # fetched, finite, not yet logged
     guard = nonfinite.NonFiniteGuard(config.on_nonfinite, config.max_consecutive_nonfinite)
@@ -166,11 +178,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           logging.info("Stage %r: steps [%d, %d), %s data", stage.name, stage.start, stage.end,
                        stage.data)
           train_iter, iter_stage = streams.train_iterator(config, stage, index, hosts), index
+          tracker.restart()  # (this stage's step compiles now: timed from after it)
         batch = to_global(next(train_iter))
         state, metrics = e.stage_steps[stage.name](state, batch)
         step += 1
         history.append(metrics)
-        report(step)
+        if not tracker.started:  # timing begins once the compiling step has run
+          jax.block_until_ready(metrics)
+          tracker.mark(step)
         preempted = watch.reached(step)
         saving = preempted or step in (last_step, stage.end) or checkpointer.should_save(step)
         log_now = step % config.log_every_steps == 0 or step == stage.end
@@ -184,24 +199,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             writer.flush()
             raise
           history = []
+          tracker.mark(step)
         if log_now:
           scalars = _mean_metrics(finite_history)
           finite_history = []
           scalars["nonfinite_steps"] = guard.total
           scalars["skipped_examples"] = pipeline.skipped_example_count()
+          rate = tracker.steps_per_second()
+          if rate is not None:
+            scalars["steps_per_sec"] = rate
           writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+          logging.info("%s", tracker.line(step, scalars))
         if preempted:  # no evaluations: the scheduler's grace period is short
           checkpointer.save(step, state, train_iter, force=True)
           break
-        if step % config.summary_every_steps == 0 and step != stage.end:
-          summarize(step, "eval")
-        if split_eval is not None and step % config.eval.every_steps == 0:
-          artifacts.record_split_evaluation(writer, workdir,
-                                            split_eval.run(state.eval_params, step), is_chief)
-        if has_curriculum and step == stage.end:
-          end_of_stage(stage, step)
-        if saving:
-          checkpointer.save(step, state, train_iter, force=True)
+        with tracker.paused():  # (evaluations and saves are not training time)
+          if step % config.summary_every_steps == 0 and step != stage.end:
+            summarize(step, "eval")
+          if split_eval is not None and step % config.eval.every_steps == 0:
+            artifacts.record_split_evaluation(writer, workdir,
+                                              split_eval.run(state.eval_params, step), is_chief)
+          if has_curriculum and step == stage.end:
+            end_of_stage(stage, step)
+          if saving:
+            checkpointer.save(step, state, train_iter, force=True)
     train_seconds = time.time() - train_start
 
     checkpointer.wait_until_finished()
@@ -220,6 +241,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
   if is_chief:
     paths = artifacts.write_run_outputs(workdir, eval_metrics, final, e.model)
-    logging.info("Wrote %s", ", ".join(str(p) for p in paths))
+    logging.debug("Wrote %s", ", ".join(str(p) for p in paths))  # (the summary lists them)
   checkpointer.close()
   return eval_metrics

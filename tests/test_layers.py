@@ -17,7 +17,7 @@ LAYERS = {
     "sweet_jax.io": 0, "sweet_jax.weights": 0, "sweet_jax.torch_weights": 0,
     "sweet_jax.parallel": 0, "sweet_jax.metrics": 0, "sweet_jax.nonfinite": 0,
     "sweet_jax.preemption": 0, "sweet_jax.virtual_devices": 0, "sweet_jax.cli": 0,
-    "sweet_jax.run_lock": 0, "sweet_jax.run_record": 0,
+    "sweet_jax.run_lock": 0, "sweet_jax.run_record": 0, "sweet_jax.progress": 0,
     "sweet_jax.nn": 1, "sweet_jax.codebook": 1, "sweet_jax.curriculum": 1,
     "sweet_jax.quantizers": 2, "sweet_jax.nets": 2, "sweet_jax.optim": 2,
     "sweet_jax.models": 3, "sweet_jax.data": 3,

@@ -184,3 +184,14 @@ def test_reference_stats_round_trip(tmp_path):
   np.testing.assert_array_equal(got_mean, mean)
   np.testing.assert_array_equal(got_cov, cov)
   assert count == 10
+
+
+def test_row_labels_sit_left_of_their_rows():
+  grid = images.make_grid([np.zeros((3, 32, 32, 3), np.uint8)] * 3)
+  labelled = images.with_row_labels(grid, ["original", "tokenizer\n928 bits", "thumbnail"])
+  width = labelled.shape[1] - grid.shape[1]
+  assert labelled.shape[0] == grid.shape[0] and width > 20
+  np.testing.assert_array_equal(labelled[:, width:], grid)
+  ink = (labelled[:, :width] < 128).any(axis=(1, 2))  # dark text in the label column
+  row = (grid.shape[0] - 2) // 3
+  assert all(ink[2 + r * row:(r + 1) * row].any() for r in range(3))

@@ -67,7 +67,7 @@ def test_trains_and_evaluates_through_the_shared_trainer(name, embedded_data_dir
     config = _with_teacher(config, teacher)
   caplog.set_level("INFO")
   workdir = str(tmp_path / "run")
-  metrics = train_and_evaluate(config, workdir)
+  metrics = train_and_evaluate(config, workdir, log_all_metrics=True)
   assert metrics["step"] == 6 and np.isfinite(metrics["psnr"]) and np.isfinite(metrics["ssim"])
   usage = [k for k in metrics if k.startswith("codebook_") and k.endswith("_usage")]
   # SoftVQ's runlocal model has 2 codebooks (one per half of the tokens), TiTok one.

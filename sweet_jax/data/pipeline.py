@@ -21,7 +21,9 @@ example out like padding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import threading
@@ -67,14 +69,20 @@ def get_data_source(name: str, split: str, data_dir: str | None = None) -> Any:
   """
   data_dir = data_dir or default_data_dir()
   try:
-    return tfds.data_source(
-        name,
-        split=split,
-        data_dir=data_dir,
-        download=name in _EMBEDDED,
-        # Needed: with an explicit data_dir tfds would otherwise build TFRecord.
-        builder_kwargs={"file_format": "array_record"},
-    )
+    # (tfds prints its "Downloading and preparing" banner, meaningless for embedded data.)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+      source = tfds.data_source(
+          name,
+          split=split,
+          data_dir=data_dir,
+          download=name in _EMBEDDED,
+          # Needed: with an explicit data_dir tfds would otherwise build TFRecord.
+          builder_kwargs={"file_format": "array_record"},
+      )
+    if "prepared" in printed.getvalue():
+      logging.info("Built the embedded dataset %s in %s (once; reused from now on)", name,
+                   data_dir)
+    return source
   except (KeyError, ValueError, FileNotFoundError) as e:
     reason = str(e.args[0] if e.args else e).splitlines()[0]
     if isinstance(e, KeyError):  # How tfds reports an unprepared dataset (no splits).

@@ -93,3 +93,59 @@ def write_run_outputs(workdir: str, metrics: dict[str, Any], result: EvalResult,
     paths.append(workdir / "words.md")
     io.write_text(paths[-1], sample_words_markdown(model, result.shown_indices))
   return paths
+
+
+# The headline figures of a summary, in order, with how to print each.
+_HEADLINE = (("psnr", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.3f}"), ("lpips", "LPIPS {:.3f}"),
+             ("fd_vgg", "FD-VGG {:.1f}"), ("rfvd", "rFVD {:.1f}"))
+
+
+def run_outputs(workdir: str) -> list[str]:
+  """What a training run leaves in `workdir`, by name, in reading order (those present)."""
+  workdir = epath.Path(workdir)
+  present = {p.name for p in workdir.iterdir()} if workdir.is_dir() else set()
+  first = ["metrics.json", "stage_metrics.json", "recon_grid.png", "recon.mp4", "words.md"]
+  names = [n for n in first if n in present]
+  names += sorted(n for n in present if n.startswith("recon_") and n.endswith(".mp4"))
+  names += sorted((n for n in present if n.startswith("eval_") and n.endswith(".json")),
+                  key=lambda n: int(n[5:-5]) if n[5:-5].isdigit() else -1)
+  names += [n for n in ("config.json", "codebook") if n in present]
+  if "checkpoints" in present:
+    names.append("checkpoints/")
+  if any(n.startswith("events.out.tfevents") for n in present):
+    names.append(f"TensorBoard events (tensorboard --logdir {workdir})")
+  return names
+
+
+def headline(metrics: dict[str, Any]) -> str:
+  """'PSNR 21.33 dB, SSIM 0.543 (bit-matched 7x7 thumbnail: PSNR 20.85 dB, SSIM 0.499)'."""
+  ours = ", ".join(spec.format(metrics[k]) for k, spec in _HEADLINE if k in metrics)
+  thumb = ", ".join(spec.format(metrics[f"thumbnail_{k}"]) for k, spec in _HEADLINE
+                    if f"thumbnail_{k}" in metrics)
+  if thumb:
+    side = metrics.get("thumbnail_side")
+    ours += f" (bit-matched {side}x{side} thumbnail: {thumb})"
+  return ours
+
+
+def run_summary(metrics: dict[str, Any], workdir: str, seconds: float) -> str:
+  """The few lines a training run ends with: how far, the held-out figures against the
+  thumbnail (per curriculum stage too) and the paths it wrote."""
+  minutes = lambda s: f"{s / 60:.1f} min"
+  if metrics.get("preempted"):
+    where = (f"at step {metrics['step']}, with its checkpoint" if metrics.get("step") is not None
+             else "before training, with the run as it was")
+    return (f"Preempted (SIGTERM) {where}; run the same command again to resume.\n"
+            f"Run directory: {workdir}")
+  count = metrics.get("num_images", metrics.get("num_clips"))
+  what = "images" if "num_images" in metrics else "clips"
+  lines = [f"Step {metrics['step']} in {minutes(seconds)} ({minutes(metrics['train_seconds'])} "
+           f"training), {metrics['parameters']:,} parameters, "
+           f"{metrics.get('bits_per_image', metrics.get('bits_per_clip', 0)):.0f} bits per "
+           f"{what[:-1]}."]
+  for stage, record in metrics.get("stages", {}).items():
+    lines.append(f"  after stage {stage!r}: {headline(record)}")
+  lines.append(f"Held-out ({count} {what}): {headline(metrics)}")
+  lines.append(f"Wrote in {workdir}: " + ", ".join(run_outputs(workdir)))
+  return "\n".join(lines)
+

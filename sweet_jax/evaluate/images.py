@@ -1,10 +1,11 @@
-"""Image helpers for qualitative eval: float -> uint8, reconstruction grids, PNG output."""
+"""Image helpers for qualitative eval: float -> uint8, reconstruction grids with row
+labels, PNG output."""
 
 import io
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from sweet_jax import io as sweet_io
 
@@ -35,6 +36,26 @@ def make_grid(rows: Sequence[np.ndarray], pad: int = 2, pad_value: int = 255) ->
       left = pad + c * (width + pad)
       grid[top:top + height, left:left + width] = image
   return grid
+
+
+def with_row_labels(grid: np.ndarray, labels: Sequence[str], pad: int = 2) -> np.ndarray:
+  """`grid` (from `make_grid`, one row per label) with a white column on its left naming
+  each row; labels may span lines ("tokenizer\n928 bits")."""
+  if grid.ndim != 3 or grid.shape[-1] != 3:
+    raise ValueError(f'with_row_labels takes an RGB grid [H, W, 3], got {grid.shape}.')
+  font = ImageFont.load_default()
+  draw = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  boxes = [draw.multiline_textbbox((0, 0), label, font=font) for label in labels]
+  width = max(right for _, _, right, _ in boxes) + 3 * pad
+  row_height = (grid.shape[0] - pad) / len(labels)
+  height = max(grid.shape[0], round(max(bottom for *_, bottom in boxes) + 2 * pad))
+  canvas = Image.new('RGB', (width + grid.shape[1], height), 'white')
+  canvas.paste(Image.fromarray(grid), (width, 0))
+  draw = ImageDraw.Draw(canvas)
+  for r, (label, (_, top, _, bottom)) in enumerate(zip(labels, boxes)):
+    y = pad + r * row_height + max(0.0, (row_height - pad - (bottom - top)) / 2) - top
+    draw.multiline_text((pad, y), label, fill='black', font=font)
+  return np.asarray(canvas)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

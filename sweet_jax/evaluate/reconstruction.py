@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
-from sweet_jax.evaluate.images import make_grid, to_uint8
+from sweet_jax.evaluate.images import make_grid, to_uint8, with_row_labels
 from sweet_jax.evaluate.frechet import FeatureStats, frechet_distance
 from sweet_jax.metrics import codebook_stats_by_group, psnr, ssim
 
@@ -145,6 +145,9 @@ def evaluate_reconstruction(
       "thumbnail_ssim": float(np.mean(held_out["thumbnail_ssim"])),
   }
   n = len(originals)
-  grid = make_grid([originals, recons, bicubic_thumbnail(originals, side)])
+  grid = with_row_labels(
+      make_grid([originals, recons, bicubic_thumbnail(originals, side)]),
+      ["original", f"tokenizer\n{bits_per_image:.0f} bits",
+       f"thumbnail\n{side}x{side}, {side * side * 24} bits"])
   return ReconstructionResult(metrics=metrics, grid=grid, grid_indices=all_indices[:n],
                               features=held_out["features"])
