@@ -29,13 +29,18 @@ def _codes(images: np.ndarray) -> list[int]:
 def test_embedded_splits(embedded_data_dir):
   train = pipeline.get_data_source(EMBEDDED, "train", embedded_data_dir)
   evals = pipeline.get_data_source(EMBEDDED, "eval", embedded_data_dir)
-  assert len(train) == len(embedded_photos.TRAIN_PHOTOS) == 13
-  assert len(evals) == len(embedded_photos.EVAL_PHOTOS) * 16 == 64
+  assert len(train) == len(embedded_photos.TRAIN_PHOTOS) + 33 == 49  # + the clips' frames
+  assert len(evals) == len(embedded_photos.EVAL_PHOTOS) * 32 == 256
   train_names = {train[i]["name"].decode() for i in range(len(train))}
-  eval_names = {evals[i]["name"].decode() for i in range(len(evals))}
-  assert eval_names == {"camera", "chelsea", "coffee", "rocket"}
-  assert not train_names & eval_names
-  assert {"stereo_motorcycle_left", "stereo_motorcycle_right"} <= train_names
+  eval_names = [evals[i]["name"].decode() for i in range(len(evals))]
+  assert len(set(eval_names)) == 8 and not train_names & set(eval_names)
+  assert len(set(eval_names[:8])) == 8  # interleaved: the first 8 crops, 8 photos
+  assert {"stereo_motorcycle_left", "stereo_motorcycle_right", "bikes_frame132"} <= train_names
+  # No training frame from the clips' held-out shots (bikes from frame 137 on).
+  assert max(int(n.split("frame")[1]) for n in train_names if n.startswith("bikes")) < 137
+  gray = [i for i in range(len(evals))
+          if (evals[i]["image"] == evals[i]["image"][..., :1]).all()]
+  assert len(gray) * 8 <= len(evals)  # mostly colour: at most one crop in eight gray
   for i in range(len(train)):
     image = train[i]["image"]
     assert image.dtype == np.uint8 and image.shape[2] == 3 and max(image.shape[:2]) <= 512

