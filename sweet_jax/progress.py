@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 # The training scalars the line shows (all of them go to TensorBoard).
-SHOWN = (("loss", "loss {:.4f}"), ("psnr", "psnr {:.2f} dB"), ("nonfinite_steps", "nonfinite {:d}"))
+SHOWN = (("loss", "loss {:.4f}"), ("psnr", "psnr {:.2f} dB"),
+         ("nonfinite_steps", "nonfinite {:d}"))
 
 
 class TrainingProgress:

@@ -89,6 +89,12 @@ def test_imagenet_evaluation_matches_an_unpadded_computation(tmp_path, embedded_
   # use the float reconstructions, as here.
   np.testing.assert_allclose(metrics["psnr"], np.mean(psnr(recon, target)), rtol=1e-5)
   np.testing.assert_allclose(metrics["ssim"], np.mean(ssim(recon, target)), rtol=1e-5)
+  # Mean colour, of what a user sees (uint8 reconstructions) against the originals.
+  shift = (np.round(np.clip(np.asarray(recon), 0, 1) * 255).mean(axis=(1, 2))
+           - images.mean(axis=(1, 2)))
+  np.testing.assert_allclose(metrics["mean_color_error_rgb"], np.abs(shift).mean(0), atol=0.02)
+  np.testing.assert_allclose(metrics["mean_color_bias_rgb"], shift.mean(0), atol=0.02)
+  assert metrics["thumbnail_mean_color_error"] >= 0
   lpips, lpips_params = LPIPS("vgg16"), {"params": c.frozen["lpips"]}
   np.testing.assert_allclose(
       metrics["lpips"], np.mean(lpips.apply(lpips_params, recon * 2 - 1, target * 2 - 1)),

@@ -9,7 +9,7 @@ import skimage.metrics
 from PIL import Image
 
 from sweet_jax import metrics
-from sweet_jax.evaluate import baselines, images
+from sweet_jax.evaluate import baselines, images, reconstruction
 
 
 def _photo_pairs(height: int = 96, width: int = 80) -> tuple[np.ndarray, np.ndarray]:
@@ -195,3 +195,20 @@ def test_row_labels_sit_left_of_their_rows():
   ink = (labelled[:, :width] < 128).any(axis=(1, 2))  # dark text in the label column
   row = (grid.shape[0] - 2) // 3
   assert all(ink[2 + r * row:(r + 1) * row].any() for r in range(3))
+
+
+def test_color_metrics_measure_the_shift_of_the_mean_colour():
+  originals = np.full((2, 4, 4, 3), 100, np.uint8)
+  recons = originals.copy()
+  recons[..., 0] += 6  # every reconstruction redder
+  recons[1, ..., 2] -= 4  # one less blue
+  thumbs = originals.copy()
+  thumbs[0, :2, :, 1] += 2  # half of one thumbnail greener
+  held_out = {"color_original": reconstruction.channel_means(originals),
+              "color_recon": reconstruction.channel_means(recons),
+              "color_thumbnail": reconstruction.channel_means(thumbs)}
+  metrics = reconstruction.color_metrics(held_out)
+  assert metrics["mean_color_error_rgb"] == [6.0, 0.0, 2.0]
+  assert metrics["mean_color_bias_rgb"] == [6.0, 0.0, -2.0]
+  assert metrics["mean_color_error"] == 8 / 3
+  assert metrics["thumbnail_mean_color_error_rgb"] == [0.0, 0.5, 0.0]

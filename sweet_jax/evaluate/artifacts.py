@@ -97,7 +97,8 @@ def write_run_outputs(workdir: str, metrics: dict[str, Any], result: EvalResult,
 
 # The headline figures of a summary, in order, with how to print each.
 _HEADLINE = (("psnr", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.3f}"), ("lpips", "LPIPS {:.3f}"),
-             ("fd_vgg", "FD-VGG {:.1f}"), ("rfvd", "rFVD {:.1f}"))
+             ("fd_vgg", "FD-VGG {:.1f}"), ("rfvd", "rFVD {:.1f}"),
+             ("mean_color_error", "colour off by {:.1f}/255"))
 
 
 def run_outputs(workdir: str) -> list[str]:

@@ -38,18 +38,42 @@ FEATURE_PAIRS = {"fd_vgg": ("vgg_real", "vgg_fake"), "rfvd": ("i3d_real", "i3d_f
 _PER_EXAMPLE = ("psnr", "ssim", "lpips")
 
 
+def channel_means(images: np.ndarray) -> np.ndarray:
+  """uint8 images or clips [N, ..., C] -> their mean colour [N, C] (8-bit levels)."""
+  return images.reshape(len(images), -1, images.shape[-1]).mean(axis=1, dtype=np.float64)
+
+
+def color_metrics(held_out: dict[str, Any]) -> dict[str, Any]:
+  """How far the mean colour of each reconstruction (and thumbnail) is from its
+  original's, in 8-bit levels: per channel, the mean over examples of the absolute
+  difference (`mean_color_error_rgb`; `mean_color_error` averages the channels) and of
+  the signed one (`mean_color_bias_rgb`: a tint shows up here)."""
+  metrics = {}
+  for prefix, key in (("", "color_recon"), ("thumbnail_", "color_thumbnail")):
+    if key in held_out:
+      difference = held_out[key] - held_out["color_original"]
+      per_channel = np.abs(difference).mean(axis=0)
+      metrics[f"{prefix}mean_color_error"] = float(per_channel.mean())
+      metrics[f"{prefix}mean_color_error_rgb"] = [round(float(v), 3) for v in per_channel]
+      metrics[f"{prefix}mean_color_bias_rgb"] = [round(float(v), 3)
+                                                 for v in difference.mean(axis=0)]
+  return metrics
+
+
 def collect_held_out(eval_step: Callable[[Any, dict], dict], params: Any,
                      batches: Iterable[dict], to_global: Callable[[dict], dict],
                      input_key: str, *, keep: int | None = None,
                      per_batch: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
                      ) -> dict[str, Any]:
   """Runs `eval_step` over every batch and keeps the real (unmasked) examples, streaming:
-  per-example psnr, ssim, lpips (when computed), indices and `per_batch(originals)`
+  per-example psnr, ssim, lpips (when computed), mean colours (`color_original`,
+  `color_recon`: `channel_means`), indices and `per_batch(originals)`
   outputs are concatenated over batches; feature pairs (VGG, I3D) are accumulated as
   float64 moments (`FeatureStats` under "features"); originals and reconstructions
   (uint8) are kept for the first `keep` examples only (None: all), so a 50k-image split
   does not sit in host memory. The same on every host."""
-  parts: dict[str, list] = {k: [] for k in ("originals", "recons", "indices", *_PER_EXAMPLE)}
+  parts: dict[str, list] = {k: [] for k in ("originals", "recons", "indices", "color_original",
+                                            "color_recon", *_PER_EXAMPLE)}
   extra: dict[str, list] = {}
   features: dict[str, FeatureStats] = {}
   num_kept = count = 0
@@ -62,7 +86,10 @@ def collect_held_out(eval_step: Callable[[Any, dict], dict], params: Any,
     room = len(originals) if keep is None else max(0, min(len(originals), keep - num_kept))
     num_kept += room
     parts["originals"].append(originals[:room])
-    parts["recons"].append(to_uint8(out["recon"][mask][:room]))
+    recons = to_uint8(out["recon"][mask])
+    parts["recons"].append(recons[:room])
+    parts["color_original"].append(channel_means(originals))
+    parts["color_recon"].append(channel_means(recons))
     parts["indices"].append(jax.tree.map(lambda x: x[mask], out["indices"]))
     for name in _PER_EXAMPLE:
       if name in out:
@@ -125,7 +152,8 @@ def evaluate_reconstruction(
   def thumbnail_scores(originals: np.ndarray) -> dict[str, np.ndarray]:
     thumbs = bicubic_thumbnail(originals, side)
     return {"thumbnail_psnr": np.asarray(psnr(unit(thumbs), unit(originals))),
-            "thumbnail_ssim": np.asarray(ssim(unit(thumbs), unit(originals)))}
+            "thumbnail_ssim": np.asarray(ssim(unit(thumbs), unit(originals))),
+            "color_thumbnail": channel_means(thumbs)}
 
   held_out = collect_held_out(eval_step, params, batches, to_global, "image",
                               keep=num_grid_images, per_batch=thumbnail_scores)
@@ -143,6 +171,7 @@ def evaluate_reconstruction(
       "thumbnail_bits": int(side * side * 3 * 8),
       "thumbnail_psnr": float(np.mean(held_out["thumbnail_psnr"])),
       "thumbnail_ssim": float(np.mean(held_out["thumbnail_ssim"])),
+      **color_metrics(held_out),
   }
   n = len(originals)
   grid = with_row_labels(

@@ -18,7 +18,8 @@ from sweet_jax import io as sweet_io
 from sweet_jax.evaluate.baselines import bicubic_thumbnail, thumbnail_side
 from sweet_jax.evaluate.images import make_grid
 from sweet_jax.metrics import codebook_stats_by_group, psnr, ssim
-from sweet_jax.evaluate.reconstruction import collect_held_out, perceptual_metrics
+from sweet_jax.evaluate.reconstruction import (channel_means, collect_held_out, color_metrics,
+                                               perceptual_metrics)
 
 
 def clip_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
@@ -107,7 +108,8 @@ def evaluate_clip_reconstruction(
     frames = originals.reshape((-1,) + originals.shape[2:])
     thumbs = bicubic_thumbnail(frames, side)
     return {"thumbnail_psnr": np.asarray(psnr(unit(thumbs), unit(frames))),
-            "thumbnail_ssim": np.asarray(ssim(unit(thumbs), unit(frames)))}
+            "thumbnail_ssim": np.asarray(ssim(unit(thumbs), unit(frames))),
+            "color_thumbnail": channel_means(thumbs.reshape(originals.shape))}
 
   held_out = collect_held_out(eval_step, params, batches, to_global, "video",
                               keep=num_grid_clips,
@@ -124,6 +126,7 @@ def evaluate_clip_reconstruction(
       "psnr_per_frame": [round(float(v), 3) for v in np.mean(frame_psnr, axis=0)],
       "ssim_per_frame": [round(float(v), 4) for v in np.mean(frame_ssim, axis=0)],
       **{name: float(value) for name, value in usage.items()},
+      **color_metrics(held_out),
   }
   if frame_psnr.shape[1] > 1:  # Frames coded through the temporal tokens.
     metrics["later_frames_psnr"] = float(np.mean(frame_psnr[:, 1:]))
