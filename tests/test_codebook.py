@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sweet_jax.codebook import artifact, build, graph, pos, sources
+from sweet_jax.codebook import artifact, build, exclusions, graph, pos, sources
 
 # A tiny lexicon exercising every filter. log-probabilities rank the words.
 FIXTURE_POS = {
@@ -98,8 +98,9 @@ def test_excluded_words(lexicon, tmp_path):
                                       min_log_prob=-15.0, excluded={"tiny", "dog"})
   assert "tiny" not in selected["adj"] and "dog" not in selected["noun"]
   assert report["adj"]["not_excluded"] == report["adj"]["not_stop_word"] - 1
-  default = pos.load_word_list(pos.EXCLUDED_WORDS_FILE)
-  assert {"fuck", "porn"} <= default and not default & {"red", "dog", "gay", "naked"}
+  default = exclusions.load(pos.EXCLUDED_WORDS_FILE)  # word -> reason
+  assert default["fuck"] == "profanity" and default["suicidal"] == "self_harm"
+  assert not set(default) & {"red", "dog", "white", "cold"}
 
 
 def test_word_in_both_groups_once_per_group(lexicon):

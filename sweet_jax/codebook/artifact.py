@@ -42,6 +42,10 @@ class WordGroup:
   receivers: np.ndarray  # [M] int32
   edge_weights: np.ndarray  # [M] float32
   num_first: int
+  # Built with the user's own exclusion list (or none): the readout prints every word as
+  # it is. False for the default list and for codebooks from before the manifest said
+  # (builder version < 3): the readout withholds words on the default list.
+  user_exclusions: bool = False
 
   @property
   def pos_names(self) -> tuple[str, str]:
@@ -86,6 +90,13 @@ class LanguageCodebook:
     if name not in GROUP_POS:
       raise ValueError(f"unknown codebook group {name!r}; known: {sorted(GROUP_POS)}")
     return getattr(self, name)
+
+
+def chose_own_exclusions(manifest: dict) -> bool:
+  """Whether the manifest says the builder applied the user's own exclusion list (or
+  none), rather than the default one; old manifests do not say (False)."""
+  excluded = manifest.get("filters", {}).get("excluded_words", {})
+  return isinstance(excluded, dict) and excluded.get("list") in ("user", "none")
 
 
 def content_hash(groups: dict[str, WordGroup]) -> str:
@@ -149,6 +160,7 @@ def load(path: str) -> LanguageCodebook:
     if missing:
       raise ValueError(f"{npz_path}: group {name!r} lacks arrays {missing}")
     groups[name] = WordGroup(name=name, num_first=int(arrays[f"{name}/num_first"]),
+                             user_exclusions=chose_own_exclusions(manifest),
                              **{f: arrays[f"{name}/{f}"] for f in _ARRAYS})
     groups[name].validate()
   actual = content_hash(groups)

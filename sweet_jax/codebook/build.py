@@ -9,6 +9,12 @@ spatial = [adjectives..., nouns...], temporal = [adverbs..., verbs...] (see pos.
 word filters); each group's graph is the kNN graph of its vectors (or the user's word
 pairs), GCN-normalised. The default sizes are the SweetTok paper's; the builder takes what
 the vocabulary and filters allow and reports it. The trainer uses `cached_codebook`.
+
+`--exclude=FILE` replaces the default exclusion list (exclusions.py: profanity, slurs,
+sexual terms, protected attributes, violence, drugs) by the user's own, one word a line
+or `word<TAB>reason`; to add words, pass a copy of the default list with them appended.
+`--exclude=` (empty) excludes nothing. The manifest records each word the list removed
+from the candidates with its reason.
 """
 
 import argparse
@@ -28,7 +34,7 @@ from absl import logging
 from etils import epath
 
 from sweet_jax import io as sweet_io
-from sweet_jax.codebook import artifact, graph, pos, sources
+from sweet_jax.codebook import artifact, exclusions, graph, pos, sources
 from sweet_jax.codebook.artifact import LanguageCodebook, WordGroup
 
 DEFAULT_SIZES = {"adj": 5078, "noun": 5403, "adv": 1872, "verb": 9267}
@@ -39,7 +45,7 @@ DEFAULT_MIN_LOG_PROB = -16.0
 DEFAULT_MIN_LENGTH = 3
 DEFAULT_KNN = 10
 # Bump when the builder's output for the same options changes (invalidates caches).
-BUILDER_VERSION = 2  # 2: excluded words
+BUILDER_VERSION = 3  # 2: excluded words; 3: the safety list, removals and reasons
 
 
 def resolve_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
@@ -60,16 +66,16 @@ def build_codebook(out_dir: str, *, source: str = "glove", embeddings: str | Non
                    min_log_prob: float = DEFAULT_MIN_LOG_PROB,
                    min_length: int = DEFAULT_MIN_LENGTH, knn: int = DEFAULT_KNN,
                    cooccurrence: str | None = None,
-                   exclude: str | None = pos.EXCLUDED_WORDS_FILE) -> LanguageCodebook:
+                   exclude: str | None = exclusions.DEFAULT_FILE) -> LanguageCodebook:
   """Builds and saves (`artifact.save`) a codebook; same inputs give the same hash.
 
-  `exclude` names a word list to leave out (default: our profanity/slur/sexual-term list;
-  None or an empty file: none)."""
+  `exclude` names a word list to leave out: by default ours (exclusions.py); a user's
+  list replaces it; None or an empty file: none."""
   sizes = resolve_sizes(sizes)
   sources.check_source_args(source, embeddings=embeddings, vocab=vocab)
   lexicon = pos.load_pos_lexicon(pos_dir)
   stop_words = pos.load_stop_words()
-  excluded = pos.load_word_list(exclude) if exclude else frozenset()
+  excluded = exclusions.load(exclude) if exclude else {}
   # Only words some part-of-speech list knows can be selected: read only their vectors.
   known = frozenset().union(*lexicon.pos_lists.values())
   words, vectors = sources.load_embeddings(source, embeddings=embeddings, tensor=tensor,
@@ -77,17 +83,22 @@ def build_codebook(out_dir: str, *, source: str = "glove", embeddings: str | Non
   selected, report = pos.select_words(words, lexicon, sizes=sizes, min_log_prob=min_log_prob,
                                       min_length=min_length, stop_words=stop_words,
                                       excluded=excluded)
+  removed = pos.excluded_candidates(words, lexicon, min_log_prob=min_log_prob,
+                                    min_length=min_length, stop_words=stop_words,
+                                    excluded=excluded)
   for key in pos.POS_KEYS:
     if not selected[key]:
       raise ValueError(f"no {key} words survived the filters ({report[key]}); lower "
                        "--min_log_prob or use an embedding source with a larger vocabulary")
   row_of = {w: i for i, w in enumerate(words)}
   pairs = graph.read_pairs(cooccurrence) if cooccurrence else None
+  exclusion = _describe_exclusions(exclude, excluded, removed)
   groups, graph_info = {}, {}
   for name, (first, second) in artifact.GROUP_POS.items():
     rows = [row_of[w] for w in selected[first] + selected[second]]
-    groups[name], graph_info[name] = _make_group(name, selected[first], selected[second],
-                                                 vectors[rows], knn=knn, pairs=pairs)
+    groups[name], graph_info[name] = _make_group(
+        name, selected[first], selected[second], vectors[rows], knn=knn, pairs=pairs,
+        user_exclusions=exclusion["list"] != "default")
   manifest = {
       "source": sources.describe(source, embeddings=embeddings, tensor=tensor, vocab=vocab),
       "pos_lexicon": _describe_lexicon(pos_dir),
@@ -95,8 +106,7 @@ def build_codebook(out_dir: str, *, source: str = "glove", embeddings: str | Non
                   "alphabetic": "lowercase ASCII letters only",
                   "stop_words": {"source": "scikit-learn ENGLISH_STOP_WORDS",
                                  "count": len(stop_words)},
-                  "excluded_words": {"path": exclude, "count": len(excluded),
-                                     "sha256": sources.file_sha256(exclude) if exclude else None},
+                  "excluded_words": exclusion,
                   "inflection_rule": pos.INFLECTION_RULE,
                   "one_pos_per_group": "adjective over noun, adverb over verb",
                   "order": list(pos.FILTERS)},
@@ -114,8 +124,27 @@ _OPTION_DEFAULTS = {name: p.default for name, p in
                     inspect.signature(build_codebook).parameters.items() if name != "out_dir"}
 
 
+def _describe_exclusions(path: str | None, excluded: Mapping[str, str],
+                         removed: Mapping[str, str]) -> dict:
+  """The manifest's record of the exclusion list: which list, its identity, and each word
+  it removed from the candidates with its reason (plus counts per reason)."""
+  if not path:
+    kind = "none"
+  elif os.path.abspath(path) == os.path.abspath(exclusions.DEFAULT_FILE):
+    kind = "default"
+  else:
+    kind = "user"
+  per_reason = {}
+  for reason in removed.values():
+    per_reason[reason] = per_reason.get(reason, 0) + 1
+  return {"list": kind, "path": path, "count": len(excluded),
+          "sha256": sources.file_sha256(path) if path else None,
+          "removed": dict(removed), "removed_per_reason": dict(sorted(per_reason.items()))}
+
+
 def _make_group(name: str, first: list[str], second: list[str], vectors: np.ndarray, *,
-                knn: int, pairs: list[tuple[str, str]] | None) -> tuple[WordGroup, dict]:
+                knn: int, pairs: list[tuple[str, str]] | None,
+                user_exclusions: bool = False) -> tuple[WordGroup, dict]:
   """A group's WordGroup and its graph statistics."""
   words = first + second
   info = {}
@@ -128,7 +157,7 @@ def _make_group(name: str, first: list[str], second: list[str], vectors: np.ndar
   info["directed_edges_with_self_loops"] = len(senders)
   group = WordGroup(name=name, words=np.array(words), vectors=np.ascontiguousarray(vectors),
                     senders=senders, receivers=receivers, edge_weights=weights,
-                    num_first=len(first))
+                    num_first=len(first), user_exclusions=user_exclusions)
   return group, info
 
 
@@ -175,7 +204,7 @@ def resolve_options(**options) -> dict:
 
 def cache_key(**options) -> str:
   """sha256 of the options, the builder and artifact versions, and the inputs' identity
-  (package versions; path, size and mtime of user files)."""
+  (package versions; path, size and mtime of user files; the exclusion list's content)."""
   opts = resolve_options(**options)
   payload = {
       "options": opts,
@@ -186,6 +215,8 @@ def cache_key(**options) -> str:
       "pos": (sources.fingerprint("npz", embeddings=opts["pos_dir"]) if opts["pos_dir"]
               else sources.package_version(pos.LEXICON_PACKAGE)),
       "cooccurrence": sources.fingerprint("npz", embeddings=opts["cooccurrence"]),
+      "exclude": (sources.file_sha256(opts["exclude"])  # small: its content, not its mtime
+                  if opts["exclude"] and os.path.isfile(opts["exclude"]) else None),
   }
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -278,9 +309,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--min_length", type=int, default=DEFAULT_MIN_LENGTH)
   parser.add_argument("--knn", type=int, default=DEFAULT_KNN)
   parser.add_argument("--cooccurrence", help="Word-pair file (replaces the kNN graph).")
-  parser.add_argument("--exclude", default=pos.EXCLUDED_WORDS_FILE,
-                      help="Words to leave out, one a line (default: profanity, slurs and "
-                           "sexual terms; an empty file keeps every word).")
+  parser.add_argument("--exclude", default=exclusions.DEFAULT_FILE,
+                      help="Words to leave out, one a line or word<TAB>reason; replaces the "
+                           "default list (profanity, slurs, sexual terms, protected "
+                           "attributes, violence, drugs); --exclude= keeps every word.")
   return parser
 
 
@@ -298,6 +330,10 @@ def format_report(codebook: LanguageCodebook) -> str:
   kind = f"kNN (k={g['k']}, cosine)" if g["kind"] == "knn" else f"co-occurrence ({g['path']})"
   edges = ", ".join(f"{name} {info['undirected_edges']}" for name, info in g["groups"].items())
   lines.append(f"graph: {kind}; undirected edges: {edges}")
+  excluded = m["filters"]["excluded_words"]
+  reasons = ", ".join(f"{r} {n}" for r, n in excluded["removed_per_reason"].items())
+  lines.append(f"excluded ({excluded['list']} list): {len(excluded['removed'])} candidate "
+               f"words" + (f" ({reasons})" if reasons else ""))
   return "\n".join(lines)
 
 

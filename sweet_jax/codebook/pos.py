@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Collection, Iterable, Mapping
 
-from sweet_jax.codebook import sources
+from sweet_jax.codebook import exclusions, sources
 
 POS_KEYS = ("adj", "adv", "noun", "verb")
 # Within a group a word takes one part of speech; the first of each pair wins.
@@ -23,8 +23,8 @@ LEXICON_FILES = {"pos_lists": "en_lemma_index.json.gz", "lemma_of": "en_lemma_lo
                  "log_prob": "en_lexeme_prob.json.gz"}
 LEXICON_PACKAGE = "spacy_lookups_data"
 STOP_WORDS_FILE = os.path.join(os.path.dirname(__file__), "stop_words.txt")
-# Profanity, slurs and sexual terms left out by default (frequent in web-crawled text).
-EXCLUDED_WORDS_FILE = os.path.join(os.path.dirname(__file__), "excluded_words.txt")
+# Words left out by default, each with its reason (see exclusions.py).
+EXCLUDED_WORDS_FILE = exclusions.DEFAULT_FILE
 # The filters of `select_words`, in the order they run (the report counts survivors).
 FILTERS = ("wordnet", "alphabetic", "min_length", "not_stop_word", "not_excluded",
            "in_vocabulary",
@@ -82,6 +82,24 @@ def _load_lexicon(directory: str, state: tuple) -> PosLexicon:
                     lemma_of=raw["lemma_of"], log_prob=raw["log_prob"], directory=directory)
 
 
+def load_lemma_of(path: str | None = None) -> dict[str, str]:
+  """Inflected form -> lemma ("guns" -> "gun") alone, for the readout's check of old
+  codebooks: a fraction of a second, where the whole lexicon takes about one."""
+  directory = os.path.abspath(path or default_pos_dir())
+  return _load_lemma_of(os.path.join(directory, LEXICON_FILES["lemma_of"]))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_lemma_of(path: str) -> dict[str, str]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"part-of-speech lexicon file {path} is missing "
+                            "(pip install spacy-lookups-data)")
+  lemma_of = _read_json_gz(path)
+  if not isinstance(lemma_of, dict):
+    raise ValueError(f"{path} must be a JSON object")
+  return lemma_of
+
+
 def _read_json_gz(path: str):
   try:
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -97,12 +115,28 @@ def load_stop_words() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=4)
 def load_word_list(path: str) -> frozenset[str]:
-  """A word list, one a line, `#` comments (stop words, excluded words, a user's list)."""
+  """A word list, one a line, `#` comments (the stop words; excluded words: exclusions.py)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"word list {path} is missing")
   with open(path, encoding="utf-8") as f:
     words = (line.strip() for line in f)
     return frozenset(w for w in words if w and not w.startswith("#"))
+
+
+def _word_checks(vocab_words: Iterable[str], lexicon: PosLexicon, *, min_log_prob: float,
+                 min_length: int, stop_words: Collection[str], excluded: Collection[str]):
+  """(filter name, word -> passes) for the per-word filters of FILTERS, in order."""
+  vocab = set(vocab_words)
+  log_prob = lexicon.log_prob
+  return (
+      ("alphabetic", sources.is_plain_word),
+      ("min_length", lambda w: len(w) >= min_length),
+      ("not_stop_word", lambda w: w not in stop_words),
+      ("not_excluded", lambda w: w not in excluded),
+      ("in_vocabulary", lambda w: w in vocab),
+      ("not_inflected", lambda w: lexicon.lemma_of.get(w, w) == w),
+      ("frequent", lambda w: log_prob.get(w, -float("inf")) >= min_log_prob),
+  )
 
 
 def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapping[str, int],
@@ -113,14 +147,16 @@ def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapp
 
   Filters, in order: lowercase ASCII letters only (no names, numbers, hyphens);
   at least `min_length` letters (drops "ox"-like fragments and abbreviations); not a
-  stop word; not in `excluded` (by default profanity, slurs and sexual terms, see
-  excluded_words.txt); in the embedding vocabulary; not an inflected form (codebook rows are
+  stop word; not in `excluded` (a collection or a word -> reason mapping; by default
+  profanity, slurs, sexual terms, protected attributes, violence and drugs, see
+  exclusions.py); in the embedding vocabulary; not an inflected form (codebook rows are
   lemmas: "years" and "said" would duplicate "year" and "say"); log-probability at least
   `min_log_prob` (rare and junk words have poor vectors; words without a frequency are
   dropped). Then one part of speech per word within a group (an adjective is not also a
   noun, an adverb not also a verb, as in the official SweetTok code; a word may still be
   a noun in `spatial` and a verb in `temporal`), and the `sizes[pos]` most frequent words
-  (ties by the word, so the result does not depend on set order).
+  (ties by the word, so the result does not depend on set order). Every embedding
+  source goes through these filters: they see only the word strings.
   """
   unknown = sorted(set(sizes) - set(POS_KEYS))
   if unknown or any(k not in sizes for k in POS_KEYS):
@@ -128,17 +164,9 @@ def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapp
   if any(int(sizes[k]) < 1 for k in POS_KEYS):
     raise ValueError(f"sizes must be positive, got {dict(sizes)}")
   stop_words = load_stop_words() if stop_words is None else stop_words
-  vocab = set(vocab_words)
+  checks = _word_checks(vocab_words, lexicon, min_log_prob=min_log_prob,
+                        min_length=min_length, stop_words=stop_words, excluded=excluded)
   log_prob = lexicon.log_prob
-  checks = (
-      ("alphabetic", sources.is_plain_word),
-      ("min_length", lambda w: len(w) >= min_length),
-      ("not_stop_word", lambda w: w not in stop_words),
-      ("not_excluded", lambda w: w not in excluded),
-      ("in_vocabulary", lambda w: w in vocab),
-      ("not_inflected", lambda w: lexicon.lemma_of.get(w, w) == w),
-      ("frequent", lambda w: log_prob.get(w, -float("inf")) >= min_log_prob),
-  )
   report = {pos: {} for pos in POS_KEYS}
   candidates = {}
   for pos in POS_KEYS:
@@ -157,3 +185,17 @@ def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapp
     selected[pos] = ranked[:int(sizes[pos])]
     report[pos]["selected"] = len(selected[pos])
   return selected, report
+
+
+def excluded_candidates(vocab_words: Iterable[str], lexicon: PosLexicon, *,
+                        min_log_prob: float, min_length: int = 3,
+                        stop_words: Collection[str] | None = None,
+                        excluded: Mapping[str, str]) -> dict[str, str]:
+  """The words `excluded` took out of the candidates (word -> reason): those that every
+  other per-word filter of `select_words` lets through in some part of speech."""
+  stop_words = load_stop_words() if stop_words is None else stop_words
+  checks = _word_checks(vocab_words, lexicon, min_log_prob=min_log_prob,
+                        min_length=min_length, stop_words=stop_words, excluded=())
+  known = frozenset().union(*lexicon.pos_lists.values())
+  removed = (w for w in excluded if w in known and all(check(w) for _, check in checks))
+  return {w: excluded[w] for w in sorted(removed)}

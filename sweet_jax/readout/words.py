@@ -4,13 +4,26 @@ With the MLC quantizer every spatial token is two adjectives (averaged) and a no
 every temporal token of the video CQAE two adverbs and a verb. These functions turn
 token indices into those words and into the Markdown tables that the trainer writes to
 `words.md` and TensorBoard, and that the readout command and the API print.
+
+Whatever is printed lands on someone's photo, so a word on the default exclusion list
+(sweet_jax/codebook/exclusions.py: profanity, slurs, sexual terms, protected attributes,
+violence, drugs), itself or as its lemma ("nazis"), prints as WITHHELD. New codebooks
+hold no such word; the check is for those built before the list (builder version < 3)
+or with an older one, which a run keeps in its workdir. A codebook whose manifest says
+the user chose their own list (`--exclude=FILE`, or none) prints as it is: that choice
+was deliberate and is honoured.
 """
 
+import functools
 from typing import Sequence
 
 import numpy as np
 
+from sweet_jax.codebook import exclusions, pos
+from sweet_jax.codebook.artifact import WordGroup
 from sweet_jax.models.tokenizer import Tokenizer
+
+WITHHELD = "[withheld]"
 
 
 def token_words(model: Tokenizer, indices: np.ndarray, branch: str = "spatial"
@@ -20,8 +33,23 @@ def token_words(model: Tokenizer, indices: np.ndarray, branch: str = "spatial"
   if not model.has_words:
     raise ValueError(f"{type(model).__name__} does not quantize with the language codebook "
                      "(config.model.quantizer_type='mlc'); its tokens are not words")
-  words = model.quantizers()[branch].words(np.asarray(indices))
-  return [[f"{a}+{b} {n}" for a, b, n in sample] for sample in words]
+  quantizer = model.quantizers()[branch]
+  withheld = withheld_words(quantizer.group)
+
+  def shown(word: str) -> str:
+    return WITHHELD if word in withheld else word
+
+  words = quantizer.words(np.asarray(indices))
+  return [[f"{shown(a)}+{shown(b)} {shown(n)}" for a, b, n in sample] for sample in words]
+
+
+@functools.lru_cache(maxsize=4)
+def withheld_words(group: WordGroup) -> frozenset[str]:
+  """The words of `group` the readout prints as WITHHELD (see the module docstring)."""
+  if group.user_exclusions:
+    return frozenset()
+  return frozenset(exclusions.unsafe_words((str(w) for w in group.words), exclusions.load(),
+                                           pos.load_lemma_of()))
 
 
 def words_markdown(model: Tokenizer, indices: np.ndarray,

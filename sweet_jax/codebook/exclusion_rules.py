@@ -1,0 +1,320 @@
+r"""Generates the codebook's exclusion list: published offensive-word lists + WordNet categories.
+
+    python -m sweet_jax.codebook.exclusion_rules [--wordnet_dir=/usr/share/wordnet]
+        [--published=PATH] [--out=PATH]
+
+Maintainers run it when a rule or a source changes (it needs Debian `wordnet-base`); the
+codebook build and the readout read only the file it writes, `excluded_words.tsv`
+(`exclusions.py`), so neither WordNet nor the lists' packages are needed at run time.
+A word (lowercase letters only: what a codebook row can be) is excluded when
+
+  - a published list names it (`published_offensive_words.tsv`): reason `profanity`;
+  - WordNet files a sense of it under "ethnic slur", or its reading sense (below) under
+    "obscenity" or "disparagement" or with such a note in the gloss ("(offensive term)",
+    "vulgar slang for ..."): reason `slur_or_vulgar`;
+  - its reading sense falls in one of `CATEGORIES` (reason: the category's name): a root
+    synset or one of its hyponyms, an adjective or adverb derived from one ("suicide" ->
+    "suicidal", "sex" -> "sexual" -> "sexually"), or an adjective of a named country,
+    continent or island ("French");
+  - it is on `ADDED`, the few words no rule catches; and it is not on `KEPT`, the few
+    everyday words a rule catches only through a quirk of the database.
+
+The reading sense is the one a reader takes the printed word in: its most often tagged
+sense (WordNet's cntlist.rev counts, over all parts of speech; for an untagged word, its
+first sense in the part of speech the codebook gives it). So "white" (the colour, not the
+person), "cold" (not the illness) and "horse" (not heroin) stay while "gun", "man" and
+"naked" go; recall over precision where it matters most: an ethnic slur goes whatever
+its common sense ("spade"), and the published lists catch words whose offensive sense is
+not the common one ("ass", "gay", "cock").
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from sweet_jax.codebook import exclusions, sources, wordnet
+from sweet_jax.codebook.wordnet import SynsetId, WordNet
+
+PUBLISHED_FILE = os.path.join(os.path.dirname(__file__), "published_offensive_words.tsv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Category:
+  """Words of one kind, by WordNet synsets named "lemma.pos.NN" (the NN-th sense of lemma).
+
+  `roots`: these synsets and their hyponyms. `peoples`: those hyponyms named after a place
+  or a people (capitalised: "American", "Londoner"; not "villager"). `pertains_to`: the
+  adjectives pertaining to a named instance of these or their hyponyms ("French": France
+  is an instance of European country). `unless`: hyponym trees left out (alcohol and
+  tobacco are no street drugs here: "wine" and "cigar" are everyday sights).
+  """
+
+  reason: str
+  roots: tuple[str, ...]
+  peoples: tuple[str, ...] = ()
+  pertains_to: tuple[str, ...] = ()
+  unless: tuple[str, ...] = ()
+
+
+# Earlier categories win when a word falls in several (suicide is also a killing).
+CATEGORIES = (
+    Category("self_harm", ("suicide.n.01", "suicide.n.02", "self-destruction.n.02")),
+    Category("sexual", (
+        "sexual_activity.n.01", "sex.n.03", "sexual_desire.n.01", "sexual_arousal.n.01",
+        "reproductive_organ.n.01", "genitalia.n.01", "nakedness.n.01", "nude.n.01",
+        "prostitute.n.01", "prostitution.n.01", "pornography.n.01", "sexual_assault.n.01",
+        "rape.v.01", "copulate.v.01", "masturbate.v.01", "sensualist.n.01",
+        "sex_symbol.n.01", "pervert.n.01")),
+    Category("sexual_orientation", (
+        "homosexual.n.01", "homosexual.a.01", "gay.a.06", "lesbian.n.01", "lesbian.a.01",
+        "heterosexual.n.01", "heterosexual.a.01", "bisexual.n.01", "bisexual.a.01",
+        "transsexual.n.01", "transsexual.n.02", "transsexual.a.01", "transgender.a.01",
+        "transvestite.n.01", "homosexuality.n.01", "heterosexuality.n.01",
+        "bisexuality.n.01")),
+    Category("gender", (
+        "female.n.01", "female.n.02", "male.n.01", "male.n.02", "sex.n.04", "feminist.n.01",
+        "feminism.n.01", "feminism.n.02", "masculinity.n.01", "femininity.n.01",
+        "masculine.a.01", "masculine.a.02", "feminine.a.01", "feminine.a.02",
+        "womanhood.n.01", "manhood.n.01", "mother.n.01", "father.n.01", "daughter.n.01",
+        "son.n.01", "sister.n.01", "brother.n.01", "husband.n.01", "wife.n.01")),
+    Category("religion", (
+        "religion.n.01", "religion.n.02", "religious_person.n.01", "nonreligious_person.n.01",
+        "clergyman.n.01", "religious.n.01", "spiritual_leader.n.01", "deity.n.01",
+        "god.n.01", "theism.n.01", "atheism.n.01", "religious_doctrine.n.01",
+        "sacred_text.n.01", "church.n.01", "place_of_worship.n.01", "religious_ceremony.n.01",
+        "sect.n.01", "heresy.n.01", "gentile.n.01")),
+    Category("ethnicity_nationality", (
+        "ethnic_group.n.01", "race.n.03", "nationality.n.01", "ethnicity.n.01",
+        "person_of_color.n.01", "white.n.01", "black.n.05", "jew.n.01", "semite.n.01"),
+             peoples=("inhabitant.n.01", "native.n.01", "nation.n.02"),
+             pertains_to=("country.n.02", "continent.n.01", "island.n.01")),
+    Category("disability", (
+        "disability.n.01", "mental_disorder.n.01", "mental_illness.n.01",
+        "mental_retardation.n.01", "cripple.n.01", "sick_person.n.01", "lunatic.n.01",
+        "simpleton.n.01", "dwarf.n.01", "blindness.n.01", "deafness.n.01", "autism.n.01",
+        "disabled.a.01", "crippled.a.01", "disease.n.01")),
+    Category("violence", (
+        "violence.n.01", "killing.n.01", "killing.n.02", "homicide.n.01", "killer.n.01",
+        "murderer.n.01", "kill.v.01", "shoot.v.01", "weapon.n.01", "bomb.n.01",
+        "explosive_device.n.01", "war.n.01", "attack.n.01", "assault.n.02", "torture.n.05",
+        "torture.v.02", "terrorism.n.01", "terrorist.n.01", "execution.n.01", "abuse.n.01",
+        "death.n.01", "death.n.03", "dead.a.01", "die.v.01", "corpse.n.01")),
+    Category("drugs", (
+        "drug_of_abuse.n.01", "narcotic.n.01", "controlled_substance.n.01",
+        "hallucinogen.n.01", "drug_user.n.01", "drug_addiction.n.01", "drug_abuse.n.01",
+        "drug_dealer.n.01"), unless=("alcohol.n.01", "tobacco.n.01")),
+)
+# Words no rule catches (their offensive sense is not the reading one, no published list
+# names them) that are still unsafe on a photo of a person: word -> (reason, why).
+ADDED = {
+    "cripple": ("disability", "a slur for a disabled person; the verb is the common sense"),
+    "midget": ("disability", "a slur for a person of short stature; WordNet's adjective"),
+    "stripper": ("sexual", "a striptease performer; the paint remover is listed first"),
+    "caucasian": ("ethnicity_nationality", "a race term; the first adjective is the region"),
+}
+# Everyday words a WordNet rule catches only through a quirk of the database, kept.
+KEPT = {
+    "automatic": "the adjective is linked to 'automatic rifle' (violence)",
+    "officially": "linked through 'official' to 'office', a religious rite",
+    "monochromatic": "one colour; its first listed sense is 'of monochromatism' (colour blindness)",
+    "stiff": "the texture; ties with 'an ordinary man' (gender) in the sense counts",
+    "shepherd": "the herder; ties with 'a clergyman' (religion) in the sense counts",
+    "pastoral": "rural scenes; ties with 'of a pastor' (religion) in the sense counts",
+}
+REASONS = ("profanity", "slur_or_vulgar") + tuple(c.reason for c in CATEGORIES)
+# WordNet's usage domains for offensive words, and the usage notes its glosses carry.
+ETHNIC_SLUR_DOMAIN = "ethnic_slur.n.01"
+ETHNIC_SLUR_NOTE = "(ethnic slur)"
+OFFENSIVE_DOMAINS = ("disparagement.n.01", "obscenity.n.02")
+OFFENSIVE_NOTE = re.compile(
+    r"\((offensive|vulgar|obscene|disparaging|derogatory)[^)]*\)|\b(offensive|derogatory|"
+    r"disparaging|obscene|vulgar)( and \w+)? (term|name|word|slang|expression)s?\b")
+_HYPONYMS = ("~",)  # "~i" (instances) are named individuals: "King", "White" the writer
+_DERIVED = ("+", "\\")  # derivationally related form; pertainym (adjective/adverb)
+WordSense = tuple[str, SynsetId]  # (lowercase lemma, synset)
+
+
+def category_senses(wn: WordNet, category: Category) -> set[WordSense]:
+  """The (lemma, synset) word senses of `category`."""
+  synsets = _closure(wn, category.roots, _HYPONYMS, category.unless)
+  synsets |= {s for s in _closure(wn, category.peoples, _HYPONYMS, category.unless)
+              if wn.synsets[s].words[0][:1].isupper()}
+  members = {(lemma, s) for s in synsets for lemma in wn.synsets[s].lemmas()}
+  places = {s for s in _closure(wn, category.pertains_to, ("~", "~i"), ())
+            if any(p.symbol == "@i" for p in wn.synsets[s].pointers)}
+  for synset in wn.synsets.values():
+    if synset.id[0] == "a" and any(p.symbol == "\\" and p.target in places
+                                   for p in synset.pointers):
+      members.update((lemma, synset.id) for lemma in synset.lemmas())
+  members |= _derived_senses(wn, members, "a")  # "sex" -> "sexual"
+  return members | _derived_senses(wn, members, "r")  # "sexual" -> "sexually"
+
+
+def _closure(wn: WordNet, names: Iterable[str], symbols: Sequence[str],
+             unless: Iterable[str]) -> set[SynsetId]:
+  """The synsets named and those reached from them by `symbols`, except `unless` trees."""
+  seen = {wn.synset(name).id for name in unless}
+  todo, found = [wn.synset(name).id for name in names], set()
+  while todo:
+    synset_id = todo.pop()
+    if synset_id not in seen:
+      seen.add(synset_id)
+      found.add(synset_id)
+      todo.extend(p.target for p in wn.synsets[synset_id].pointers if p.symbol in symbols)
+  return found
+
+
+def _derived_senses(wn: WordNet, members: set[WordSense], pos: str) -> set[WordSense]:
+  """The `pos` ("a" or "r") senses derived from or pertaining to a member sense."""
+  found = set()
+  for synset in wn.synsets.values():
+    if synset.id[0] != pos:
+      continue
+    lemmas = synset.lemmas()
+    for p in synset.pointers:
+      if p.symbol not in _DERIVED:
+        continue
+      targets = wn.synsets[p.target].lemmas()
+      targets = targets if p.target_word == 0 else (targets[p.target_word - 1],)
+      if any((t, p.target) in members for t in targets):
+        found.update((s, synset.id) for s in (lemmas if p.source == 0 else
+                                               (lemmas[p.source - 1],)))
+  return found
+
+
+def slur_senses(wn: WordNet) -> tuple[set[WordSense], set[WordSense]]:
+  """(ethnic slurs, other offensive senses): word senses in WordNet's usage domains
+  "ethnic slur" and "obscenity", "disparagement", or whose gloss carries such a note."""
+  ethnic = wn.synset(ETHNIC_SLUR_DOMAIN).id
+  offensive = {wn.synset(name).id for name in OFFENSIVE_DOMAINS}
+  slurs, others = set(), set()
+  for synset in wn.synsets.values():
+    lemmas = synset.lemmas()
+    note = synset.gloss.split('"')[0]
+    if ETHNIC_SLUR_NOTE in note:
+      slurs.update((lemma, synset.id) for lemma in lemmas)
+    elif OFFENSIVE_NOTE.search(note):
+      others.update((lemma, synset.id) for lemma in lemmas)
+    for p in synset.pointers:
+      if p.symbol == ";u" and (p.target == ethnic or p.target in offensive):
+        found = slurs if p.target == ethnic else others
+        found.update((lemma, synset.id) for lemma in
+                     (lemmas if p.source == 0 else (lemmas[p.source - 1],)))
+  return slurs, others
+
+
+def printed_senses(wn: WordNet, lemma: str) -> dict[str, list[SynsetId]]:
+  """The senses of `lemma` per part of speech that its lowercase print can mean: a
+  proper-noun sense ("Badger", a Wisconsinite) only when it is tagged more often than
+  every common one of its part of speech ("Bible"; "American" has no common one)."""
+  senses = {}
+  for pos in wordnet.POS_FILES:
+    listed = list(wn.senses.get((lemma, pos), ()))
+    common = [s for s in listed if not _is_proper(wn.synsets[s], lemma)]
+    top = {kind: max((wn.tag_counts.get((lemma, s), 0) for s in group), default=-1)
+           for kind, group in (("common", common), ("all", listed))}
+    senses[pos] = common if common and top["common"] >= top["all"] else listed
+  return senses
+
+
+def any_sense(wn: WordNet, lemma: str) -> set[SynsetId]:
+  """Every sense of `lemma` (an ethnic slur excludes a word whatever its common sense)."""
+  return set(wn.word_senses(lemma))
+
+
+def reading_senses(wn: WordNet, lemma: str) -> set[SynsetId]:
+  """The senses a reader takes `lemma` in: of its printed senses, the most often tagged
+  over all parts of speech (all of a tie); for an untagged word, the first sense of the
+  part of speech a codebook gives it in each group (adjective over noun, adverb over
+  verb, as pos.py)."""
+  senses = printed_senses(wn, lemma)
+  counts = {s: wn.tag_counts.get((lemma, s), 0) for listed in senses.values() for s in listed}
+  top = max(counts.values(), default=0)
+  if top:
+    return {s for s, c in counts.items() if c == top}
+  firsts = (next(iter(senses[p] or senses[q]), None) for p, q in (("a", "n"), ("r", "v")))
+  return {s for s in firsts if s is not None}
+
+
+def _is_proper(synset: wordnet.Synset, lemma: str) -> bool:
+  return all(w[:1].isupper() for w in synset.words if w.lower() == lemma)
+
+
+def read_published(path: str = PUBLISHED_FILE) -> dict[str, str]:
+  """The vendored published lists: word -> the lists naming it."""
+  return dict(exclusions.read_lines(path, "published word list"))
+
+
+def excluded_words(wn: WordNet, published: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+  """word -> (reason, evidence) for every plain word the rules exclude, sorted."""
+  found = {w: ("profanity", f"published: {lists}") for w, lists in published.items()
+           if sources.is_plain_word(w)}
+  for word, (reason, why) in ADDED.items():
+    found.setdefault(word, (reason, f"added: {why}"))
+
+  def claim(lemma: str, synset_id: SynsetId, reason: str,
+            senses: Callable[[WordNet, str], set[SynsetId]]) -> None:
+    """Excludes `lemma` for `reason` when `senses(wn, lemma)` holds `synset_id`."""
+    if (sources.is_plain_word(lemma) and lemma not in found and lemma not in KEPT
+        and synset_id in senses(wn, lemma)):
+      found[lemma] = (reason, f"wordnet: {_describe(wn, synset_id)}")
+
+  slurs, offensive = slur_senses(wn)
+  for lemma, synset_id in sorted(slurs):
+    claim(lemma, synset_id, "slur_or_vulgar", any_sense)
+  for lemma, synset_id in sorted(offensive):
+    claim(lemma, synset_id, "slur_or_vulgar", reading_senses)
+  for category in CATEGORIES:
+    for lemma, synset_id in sorted(category_senses(wn, category)):
+      claim(lemma, synset_id, category.reason, reading_senses)
+  return dict(sorted(found.items()))
+
+
+def _describe(wn: WordNet, synset_id: SynsetId) -> str:
+  """A synset as its first word and the start of its gloss, for the file's evidence column."""
+  synset = wn.synsets[synset_id]
+  gloss = synset.gloss.split(";")[0].strip()
+  return f"{synset.words[0]} ({wordnet.POS_FILES[synset_id[0]]}): {gloss[:70]}"
+
+
+def write(path: str, words: Mapping[str, tuple[str, str]], wn: WordNet, published: str) -> None:
+  """The list as `exclusions.load` reads it, with a header naming its sources and counts."""
+  counts = {r: sum(1 for reason, _ in words.values() if reason == r) for r in REASONS}
+  header = [
+      "Words the language codebook leaves out by default, and why: `word<TAB>reason<TAB>",
+      "evidence` a line (a plain one-word-a-line list works too, as a user's --exclude).",
+      "Written by `python -m sweet_jax.codebook.exclusion_rules` (edit the rules there, not",
+      f"this file) from {os.path.basename(published)} (better-profanity, LDNOOBW,",
+      "wordfilter, cuss: versions and licences in its header) and category rules over",
+      f"WordNet {wn.version} (Princeton University; Debian wordnet-base).",
+      f"Reasons ({len(words)} words):",
+  ] + [f"  {reason:<22} {counts[reason]:5d}" for reason in REASONS]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("".join(f"# {line}\n" for line in header))
+    f.writelines(f"{w}\t{reason}\t{evidence}\n" for w, (reason, evidence) in words.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m sweet_jax.codebook.exclusion_rules",
+                                   description=__doc__.split("\n\n")[1])
+  parser.add_argument("--wordnet_dir", default=wordnet.DEFAULT_DIR,
+                      help="WordNet 3.0 database files (Debian wordnet-base).")
+  parser.add_argument("--published", default=PUBLISHED_FILE)
+  parser.add_argument("--out", default=exclusions.DEFAULT_FILE)
+  args = parser.parse_args(argv)
+  try:
+    wn = wordnet.read(args.wordnet_dir)
+    words = excluded_words(wn, read_published(args.published))
+    write(args.out, words, wn, args.published)
+  except (ValueError, OSError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
+  print(f"wrote {len(words)} words to {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
