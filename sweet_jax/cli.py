@@ -8,6 +8,7 @@ SLURM, Open MPI and Kubernetes by itself; on a bare cluster pass --coordinator_a
 """
 
 import errno
+import importlib
 import logging as std_logging
 import os
 import re
@@ -50,7 +51,7 @@ def _import_tensorflow_quietly() -> None:
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+      importlib.import_module("tensorflow")
       failed = False
     except Exception:  # pylint: disable=broad-except  (TF is optional; reported below)
       failed = True
