@@ -322,7 +322,8 @@ def corrupt_photos_dir(tmp_path_factory) -> str:
 def _corrupt_photos_config(data_dir: str, max_bad_fraction: float):
   config = runlocal(data_dir)
   with config.unlocked():
-    config.data.update(name="corrupt_photos", max_bad_fraction=max_bad_fraction)
+    config.data.update(name="corrupt_photos", max_bad_fraction=max_bad_fraction,
+                       eval_split="eval")  # (all of it: the corrupt image is in it)
     config.log_every_steps = 3
   return config
 
@@ -330,7 +331,8 @@ def _corrupt_photos_config(data_dir: str, max_bad_fraction: float):
 def test_corrupt_images_are_skipped_counted_and_logged(corrupt_photos_dir, tmp_path, caplog):
   caplog.set_level("INFO")
   before = pipeline.skipped_example_count()
-  metrics = train_and_evaluate(_corrupt_photos_config(corrupt_photos_dir, 0.2), str(tmp_path))
+  metrics = train_and_evaluate(_corrupt_photos_config(corrupt_photos_dir, 0.2), str(tmp_path),
+                               log_all_metrics=True)
   assert metrics["step"] == 6 and np.isfinite(metrics["psnr"])
   assert metrics["skipped_examples"] - before >= 2  # (a training read and the eval one)
   assert re.search(r"Skipping element \d of corrupt_photos/1.0.0 split 'train': OSError",
@@ -408,7 +410,8 @@ def _corrupt_clips_config(data_dir: str, max_bad_fraction: float):
 def test_corrupt_clips_are_skipped_counted_and_logged(corrupt_clips_dir, tmp_path, caplog):
   caplog.set_level("INFO")
   before = pipeline.skipped_example_count()
-  metrics = train_and_evaluate(_corrupt_clips_config(corrupt_clips_dir, 0.25), str(tmp_path))
+  metrics = train_and_evaluate(_corrupt_clips_config(corrupt_clips_dir, 0.25), str(tmp_path),
+                               log_all_metrics=True)
   assert metrics["step"] == 2 and np.isfinite(metrics["psnr"])
   assert metrics["skipped_examples"] - before >= 2  # (the eval one and a training read)
   assert re.search(r"Skipping element 3 of corrupt_clips/1.0.0 split 'eval': error: Error -5 "

@@ -90,8 +90,9 @@ def test_a_run_log_is_quiet_and_ends_with_the_summary(tmp_path, start_main):
                    log), log
   lines = log.strip().splitlines()
   assert lines[-3].startswith("Step 4 in ")
-  assert re.match(r"Held-out \(64 images\): PSNR [0-9.]+ dB, SSIM [0-9.]+ \(bit-matched "
-                  r"3x3 thumbnail: PSNR [0-9.]+ dB, SSIM [0-9.]+\)$", lines[-2]), lines[-2]
+  assert re.match(r"Held-out \(64 images\): PSNR [0-9.]+ dB, SSIM [0-9.]+, colour off by "
+                  r"[0-9.]+/255 \(bit-matched 3x3 thumbnail: PSNR [0-9.]+ dB, SSIM [0-9.]+, "
+                  r"colour off by [0-9.]+/255\)$", lines[-2]), lines[-2]
   assert lines[-1].startswith(f"Wrote in {tmp_path / 'run'}: metrics.json, recon_grid.png, "
                               "words.md, config.json")
   assert len(lines) < 25, log
