@@ -144,8 +144,11 @@ def base_config() -> ml_collections.ConfigDict:
   # perceptual: LPIPS (config.perceptual); adversarial: the generator's GAN term (config.gan).
   # alignment: SoftVQ's representation alignment with a frozen teacher (config.alignment).
   # All three are off (0.0) unless a config or a curriculum stage weights them.
-  c.loss = ml_collections.ConfigDict(dict(recon=1.0, commitment=0.25, codebook=1.0, entropy=0.01,
-                                          perceptual=0.0, adversarial=0.0, alignment=0.0))
+  # low_pass: the squared error of patch-sized block means (the coarse colour), on top of
+  # the per-pixel one (losses/reconstruction.py).
+  c.loss = ml_collections.ConfigDict(dict(recon=1.0, low_pass=0.0, commitment=0.25,
+                                          codebook=1.0, entropy=0.01, perceptual=0.0,
+                                          adversarial=0.0, alignment=0.0))
 
   # Representation alignment (models with an alignment projector: SoftVQ-VAE's
   # config.model.align_width = the teacher's width): the tokens' projections are pulled
@@ -223,6 +226,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.summary_every_steps = 250
+  # The split of the summaries every summary_every_steps (TensorBoard's eval/ curves); None:
+  # the data's eval_split, which the final and end-of-stage evaluations always use.
+  c.summary_eval_split = config_dict.placeholder(str)
   c.checkpoint_every_steps = 250
   c.keep_checkpoints = 3
   c.eval_batch_size = 32

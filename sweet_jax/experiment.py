@@ -246,7 +246,8 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
                         discriminator=discriminator if with_gan else None, disc_tx=disc_tx,
                         gan=gan, ema_decay=config.ema.decay, param_groups=groups,
                         inject_nan_at_step=config.inject_nan_at_step,
-                        teacher=nets.teacher if with_alignment else None),
+                        teacher=nets.teacher if with_alignment else None,
+                        low_pass_block=config.model.patch_size),
         in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,))

@@ -26,7 +26,8 @@ RECORD = "config.json"
 # Fields a restart may change: the length of the run and what it logs, saves and
 # evaluates, where its data and caches are, and how it treats bad steps and data.
 CHANGEABLE = (
-    "total_steps", "log_every_steps", "summary_every_steps", "checkpoint_every_steps",
+    "total_steps", "log_every_steps", "summary_every_steps", "summary_eval_split",
+    "checkpoint_every_steps",
     "keep_checkpoints", "num_summary_images", "num_word_images", "eval.*",
     "on_nonfinite", "max_consecutive_nonfinite", "inject_nan_at_step",
     "*data.data_dir", "*data.num_threads", "*data.prefetch_buffer_size",

@@ -23,7 +23,7 @@ from sweet_jax.losses import gan as gan_loss
 from sweet_jax.losses.alignment import alignment_loss
 from sweet_jax.losses.gan import DiscriminatorState, GanOptions
 from sweet_jax.losses.perceptual import perceptual_loss
-from sweet_jax.losses.reconstruction import reconstruction_loss
+from sweet_jax.losses.reconstruction import low_pass_loss, reconstruction_loss
 from sweet_jax.metrics import codebook_stats_by_group, per_frame_metrics, psnr, ssim
 from sweet_jax.nets.dinov2 import teacher_features
 from sweet_jax.nets.i3d import fvd_preprocess
@@ -165,7 +165,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     gan: GanOptions = GanOptions(), ema_decay: float = 0.0,
                     param_groups: tuple[tuple[str, str], ...] = (),
                     inject_nan_at_step: int = -1,
-                    teacher: nn.Module | None = None,
+                    teacher: nn.Module | None = None, low_pass_block: int = 8,
                     ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch, frozen) -> (state, metrics); batch["image"] or
   batch["video"] is uint8, frozen = {"perceptual": LPIPS params} when `perceptual` is given.
@@ -177,6 +177,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   model's aux["aligned"], paired as the model's `align_mode` says); a state with a
   discriminator but a step without one (a stage with no adversarial term) keeps the
   discriminator's step count in line with a zero, inactive update.
+
+  "low_pass" is the error of the `low_pass_block`-pixel block means (the coarse colour),
+  computed always (a diagnostic), weighted as `loss_weights` says.
 
   A step with a non-finite loss term or gradient is discarded (`discard_unless_finite`);
   its metrics say so ("nonfinite" = 1, the terms and per-group gradient norms
@@ -202,6 +205,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                                rngs={"dropout": dropout_rng})
       terms = {
           "recon": reconstruction_loss(recon, images),
+          "low_pass": low_pass_loss(recon, images, low_pass_block),
           "commitment": aux["commitment_loss"],
           "codebook": aux["codebook_loss"],
           "entropy": aux["entropy_loss"],

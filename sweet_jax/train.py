@@ -92,7 +92,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Curriculum: %s", curriculum.summary(stages))
 
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  held_out = ReconstructionEvaluator(e)  # the summaries: config's eval data, no cache
+  held_out = ReconstructionEvaluator(e)  # final and end-of-stage: config's eval data
+  summaries = (ReconstructionEvaluator(e, split=config.summary_eval_split)
+               if config.get("summary_eval_split") else held_out)
   split_eval = (ReconstructionEvaluator(e, dataset=config.eval.dataset, split=config.eval.split,
                                         reference_cache=default_cache_dir(config))
                 if config.eval.every_steps else None)
@@ -136,9 +138,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     num_parameters = e.num_parameters
     logging.info("Parameters: %d", num_parameters)
 
-    def summarize(step: int, prefix: str) -> Any:
+    def summarize(step: int, prefix: str, evaluator: ReconstructionEvaluator = held_out) -> Any:
       """The held-out evaluation of the current (EMA) weights, logged under `prefix`."""
-      result = held_out.run(state.eval_params, step)
+      result = evaluator.run(state.eval_params, step)
       artifacts.log_summary(writer, result, prefix, e.model, config.num_word_images)
       return result
 
@@ -215,7 +217,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           break
         with tracker.paused():  # (evaluations and saves are not training time)
           if step % config.summary_every_steps == 0 and step != stage.end:
-            summarize(step, "eval")
+            summarize(step, "eval", summaries)
           if split_eval is not None and step % config.eval.every_steps == 0:
             artifacts.record_split_evaluation(writer, workdir,
                                               split_eval.run(state.eval_params, step), is_chief)

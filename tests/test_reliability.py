@@ -234,7 +234,7 @@ def test_a_disk_that_fills_mid_run_ends_in_one_line_and_the_run_resumes(tmp_path
   logs.mkdir()
   main = (f"{shlex.quote(sys.executable)} -m sweet_jax.main --workdir={run} "
           "--config=configs/sweet_image.py:runlocal --config.total_steps=8 "
-          "--config.checkpoint_every_steps=1")
+          "--config.checkpoint_every_steps=1 --config.summary_every_steps=100")
   subprocess.run([*prefix, "bash", "-c", f"""
       mount -t tmpfs -o size=6m tmpfs {run}
       {main} > {logs}/full.log 2>&1; echo $? > {logs}/full.rc

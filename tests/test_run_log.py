@@ -78,7 +78,8 @@ def test_a_run_log_is_quiet_and_ends_with_the_summary(tmp_path, start_main):
   """A first run on a fresh data directory (the embedded dataset is built): no library
   banners, progress bars or metric dicts; progress lines; the summary on stdout."""
   proc = start_main("--config=configs/sweet_image.py:runlocal", f"--workdir={tmp_path / 'run'}",
-                    "--config.total_steps=4", data_dir=str(tmp_path / "tfds"))
+                    "--config.total_steps=4", "--config.summary_every_steps=100",
+                    data_dir=str(tmp_path / "tfds"))
   log = proc.communicate(timeout=600)[0]
   assert proc.returncode == 0, log[-3000:]
   for noise in ("oneDNN", "absl::InitializeLog", "Unable to initialize backend", "Generating",
