@@ -1,9 +1,9 @@
 """A vocabulary safe to print on anyone's photo: no word of a list of offensive, protected-
-attribute, violence, drug and sexual terms (written here, independently of the shipped
-list) survives the default selection from the real GloVe and MiniLM sources; the readout
-of an old codebook that holds such words prints none of them; the manifest records each
-removed word's reason; the generator of the list on small WordNet files in the real
-format; and the shipped list's format."""
+attribute, violence, drug and sexual terms and words that judge or label a person (written
+here, independently of the shipped list) survives the default selection from the real
+GloVe and MiniLM sources; the readout of an old codebook that holds such words prints none
+of them; the manifest records each removed word's reason; the generator of the list on
+small WordNet files in the real format; and the shipped list's format."""
 
 import dataclasses
 import gzip
@@ -20,7 +20,9 @@ from sweet_jax.codebook.artifact import WordGroup
 from sweet_jax.quantizers.mlc import LanguageQuantizer
 from sweet_jax.readout import words as readout
 
-# Words no token readout may print. The first line: what a user saw on their photos.
+# Words no token readout may print. The first line: what a user saw on their photos; from
+# "guilty" on, words that judge or label a person (a readout of a held-out portrait printed
+# "guilty", "crime", "bald", "dishonest", "communist", "petty").
 UNSAFE = """
 douche nazi crap ass suicidal naked homosexual atheist feminist female
 fuck shit bitch bastard cunt dick cock pussy whore slut porn sex sexy nude nudity erotic
@@ -36,12 +38,26 @@ midget idiot moron imbecile psychotic schizophrenic
 kill killer murder murderer suicide gun rifle pistol bomb grenade sword weapon terrorist
 massacre genocide corpse dead death shoot slaughter torture war
 cocaine heroin marijuana meth junkie addict opium narcotic drug dope
+guilty crime criminal prisoner prison jail thief theft fraud robbery arrest punishment convict
+felon suspect communist socialist fascist liberal conservative republican democrat capitalist
+marxist ideology partisan bald fat obese overweight skinny ugly hideous unattractive chubby
+scrawny elderly senile geriatric stupid dumb idiotic foolish ignorant lazy evil wicked cruel
+corrupt dishonest deceitful greedy selfish arrogant cowardly petty immoral vile liar cheat
+hypocrite coward bigot racist sexist homophobic victim loser poverty homeless unemployed slave
+gorilla monkey ape savage pregnant
 """.split()
 # How many of UNSAFE each source's default selection has without the list.
-MIN_CAUGHT = {"glove": 130, "minilm": 100}
-# Everyday visual words that must stay.
+MIN_CAUGHT = {"glove": 200, "minilm": 165}
+# Everyday visual words that must stay, and the neighbours of the judgment words above:
+# words that describe things as often as people, generic evaluatives, and the words that
+# the rules catch only through a quirk of WordNet (exclusion_rules.KEPT).
 SAFE = ("red white black blue green yellow cold warm dog horse cat tree house car stone "
-        "wood metal glass cloud rain snow water bright dark round soft rough").split()
+        "wood metal glass cloud rain snow water bright dark round soft rough "
+        "old young tall short big small heavy thin slim lean plain grey ancient senior "
+        "mature adult sharp hard wet dry wild poor bad good wrong honest brave kind smart "
+        "clever beautiful pretty cute strong weak fast slow clean dirty silly absurd funny "
+        "weird strange critical tricky party police officer doctor judge lawyer court "
+        "political democracy government runner mug hood trailer smoothie junior").split()
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,6 +255,13 @@ SYNSETS = [
     ("french", "a", 1, ["French"], [("\\", "france", "0101")], "of or relating to France"),
     ("violent", "a", 0, ["violent"], [("+", "violence", "0101")], "acting with violence"),
     ("kill", "v", 35, ["kill"], [], "cause to die"),
+    ("dishonest", "a", 0, ["dishonest"], [("&", "deceitful", "0000")], "deceptive"),
+    ("deceitful", "s", 0, ["deceitful", "fraudulent"], [("&", "dishonest", "0000")],
+     "intended to deceive"),
+    ("unimportant", "a", 0, ["unimportant"],
+     [("&", "petty", "0000"), ("&", "trivial", "0000")], "not important"),
+    ("petty", "s", 0, ["petty"], [("&", "unimportant", "0000")], "small-minded"),
+    ("trivial", "s", 0, ["trivial"], [("&", "unimportant", "0000")], "of little importance"),
 ]
 TAG_COUNTS = {"arm%1:08:00::": 10, "arm%1:06:00::": 1, "shrimp%1:05:00::": 3}
 POS_NAMES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
@@ -292,7 +315,8 @@ def test_generator_on_small_wordnet_files(tmp_path, monkeypatch):
   monkeypatch.setattr(rules, "CATEGORIES", (
       rules.Category("violence", ("weapon.n.01", "violence.n.01", "kill.v.01")),
       rules.Category("ethnicity_nationality", (), peoples=("inhabitant.n.01",),
-                     pertains_to=("country.n.01",))))
+                     pertains_to=("country.n.01",)),
+      rules.Category("character", (), clusters=("dishonest.a.01", "petty.a.01"))))
   monkeypatch.setattr(rules, "OFFENSIVE_DOMAINS", ("obscenity.n.01", "disparagement.n.01"))
   monkeypatch.setattr(rules, "ADDED", {"cripple": ("disability", "a slur")})
   monkeypatch.setattr(rules, "KEPT", {"violent": "for the test"})
@@ -306,14 +330,16 @@ def test_generator_on_small_wordnet_files(tmp_path, monkeypatch):
       "runt": "slur_or_vulgar",  # a disparaging note in the gloss; "shrimp" reads as food
       "weapon": "violence", "gun": "violence", "violence": "violence", "kill": "violence",
       "american": "ethnicity_nationality",  # a people; not "villager"
-      "french": "ethnicity_nationality"}  # an adjective of a country; "arm" reads as a limb
+      "french": "ethnicity_nationality",  # an adjective of a country; "arm" reads as a limb
+      "dishonest": "character", "deceitful": "character", "fraudulent": "character",
+      "petty": "character"}  # a head with its satellites; a satellite alone, not "trivial"
   assert [w for w, _, _ in lines] == sorted(w for w, _, _ in lines)
   evidence = {w: e for w, _, e in lines}
   assert evidence["ass"] == "published: list-a,list-b"
   assert evidence["gun"] == "wordnet: gun (noun): a weapon that discharges a missile"
   header = "".join(line for line in out.read_text().splitlines(True) if line.startswith("#"))
   assert "WordNet 3.0" in header and "python -m sweet_jax.codebook.exclusion_rules" in header
-  assert "# Reasons (11 words):\n#   profanity                  2\n#   slur_or_vulgar " in header
+  assert "# Reasons (15 words):\n#   profanity                  2\n#   slur_or_vulgar " in header
   assert exclusions.load(str(out))["french"] == "ethnicity_nationality"
 
 

@@ -13,8 +13,9 @@ A word (lowercase letters only: what a codebook row can be) is excluded when
     "obscenity" or "disparagement" or with such a note in the gloss ("(offensive term)",
     "vulgar slang for ..."): reason `slur_or_vulgar`;
   - its reading sense falls in one of `CATEGORIES` (reason: the category's name): a root
-    synset or one of its hyponyms, an adjective or adverb derived from one ("suicide" ->
-    "suicidal", "sex" -> "sexual" -> "sexually"), or an adjective of a named country,
+    synset or one of its hyponyms, an adjective of a named cluster ("dishonest" and its
+    satellites "deceitful", "thieving"), an adjective or adverb derived from one ("suicide"
+    -> "suicidal", "sex" -> "sexual" -> "sexually"), or an adjective of a named country,
     continent or island ("French");
   - it is on `ADDED`, the few words no rule catches; and it is not on `KEPT`, the few
     everyday words a rule catches only through a quirk of the database.
@@ -49,7 +50,9 @@ class Category:
   or a people (capitalised: "American", "Londoner"; not "villager"). `pertains_to`: the
   adjectives pertaining to a named instance of these or their hyponyms ("French": France
   is an instance of European country). `unless`: hyponym trees left out (alcohol and
-  tobacco are no street drugs here: "wine" and "cigar" are everyday sights).
+  tobacco are no street drugs here: "wine" and "cigar" are everyday sights). `clusters`:
+  adjectives with, for the head of a cluster, its similar-to satellites ("dishonest" ->
+  "deceitful", "thieving"; adjectives have no hyponyms).
   """
 
   reason: str
@@ -57,6 +60,7 @@ class Category:
   peoples: tuple[str, ...] = ()
   pertains_to: tuple[str, ...] = ()
   unless: tuple[str, ...] = ()
+  clusters: tuple[str, ...] = ()
 
 
 # Earlier categories win when a word falls in several (suicide is also a killing).
@@ -88,14 +92,18 @@ CATEGORIES = (
         "sect.n.01", "heresy.n.01", "gentile.n.01")),
     Category("ethnicity_nationality", (
         "ethnic_group.n.01", "race.n.03", "nationality.n.01", "ethnicity.n.01",
-        "person_of_color.n.01", "white.n.01", "black.n.05", "jew.n.01", "semite.n.01"),
+        "person_of_color.n.01", "white.n.01", "black.n.05", "jew.n.01", "semite.n.01",
+        "immigrant.n.01", "emigrant.n.01", "migrant.n.01", "refugee.n.01", "foreigner.n.01",
+        "tribe.n.01", "native.a.01", "exotic.a.01"),
              peoples=("inhabitant.n.01", "native.n.01", "nation.n.02"),
              pertains_to=("country.n.02", "continent.n.01", "island.n.01")),
     Category("disability", (
         "disability.n.01", "mental_disorder.n.01", "mental_illness.n.01",
         "mental_retardation.n.01", "cripple.n.01", "sick_person.n.01", "lunatic.n.01",
         "simpleton.n.01", "dwarf.n.01", "blindness.n.01", "deafness.n.01", "autism.n.01",
-        "disabled.a.01", "crippled.a.01", "disease.n.01")),
+        "disabled.a.01", "crippled.a.01", "disease.n.01", "ill.a.01", "diseased.a.01",
+        "sterile.a.01", "dyslexia.n.01", "tumor.n.01", "illness.n.01", "infection.n.01",
+        "eating_disorder.n.01")),
     Category("violence", (
         "violence.n.01", "killing.n.01", "killing.n.02", "homicide.n.01", "killer.n.01",
         "murderer.n.01", "kill.v.01", "shoot.v.01", "weapon.n.01", "bomb.n.01",
@@ -106,6 +114,66 @@ CATEGORIES = (
         "drug_of_abuse.n.01", "narcotic.n.01", "controlled_substance.n.01",
         "hallucinogen.n.01", "drug_user.n.01", "drug_addiction.n.01", "drug_abuse.n.01",
         "drug_dealer.n.01"), unless=("alcohol.n.01", "tobacco.n.01")),
+    # Words that judge or label the person next to them. The police, courts and judges are
+    # everyday sights and stay; guilt, crime, prison and criminals go.
+    Category("crime", (
+        "crime.n.01", "criminal.n.01", "convict.n.01", "perpetrator.n.01", "delinquent.n.01",
+        "guilt.n.01", "fraud.n.01", "theft.n.01", "conspiracy.n.01", "punishment.n.01",
+        "correctional_institution.n.01", "prisoner.n.01", "arrest.n.01", "arrest.v.01",
+        "imprison.v.01", "convict.v.01", "steal.v.01", "criminal.a.01", "criminal.a.02",
+        "criminal.a.03"), clusters=("guilty.a.01", "illegal.a.01")),
+    # A side: ideologies, parties and their adherents. "political", "government", "vote" and
+    # "democracy" (a civic system more than a side) name the field and stay.
+    Category("politics", (
+        "political_orientation.n.01", "political_party.n.01", "socialism.n.01",
+        "capitalism.n.01", "communist.n.01", "socialist.n.01", "democrat.n.01",
+        "republican.n.01", "liberal.n.01", "conservative.n.01", "conservative.n.02",
+        "leftist.n.01", "radical.n.02", "populist.n.01", "nationalism.n.02", "activism.n.01",
+        "conservative.a.01", "conservative.a.02", "nationalist.a.01", "activist.a.01"),
+             unless=("democracy.n.01",), clusters=("partisan.a.01",)),
+    # Judgments of bodies and looks. Words that describe objects too stay: "tall", "short",
+    # "thin", "slim", "lean", "heavy", "round"; so do compliments ("beautiful", "cute").
+    Category("appearance", (
+        "fat_person.n.01", "obesity.n.01", "ugliness.n.01", "baldness.n.01", "freak.n.01",
+        "skinny.a.01", "emaciated.a.01", "bald.a.02", "toothless.a.01"),
+             unless=("plumpness.n.01", "garishness.n.02"),  # "roundness", "gaudy"
+             clusters=("fat.a.01", "ugly.a.01", "unattractive.a.01")),
+    # Ageist person words. "old", "young", "senior", "ancient" describe things all the time.
+    Category("age", (
+        "old_person.n.01", "grandparent.n.01", "senility.n.01", "elderly.a.01", "senile.a.01",
+        "geriatric.a.01", "superannuated.a.01"), unless=("ancient.n.01",)),
+    # Judgments of character, morals, honesty and intelligence, and bigotry. The generic
+    # evaluatives ("bad", "poor", "wrong", "awful", "silly", "absurd") describe things as
+    # often and stay, as do emotions ("angry", "jealous") and mild traits ("shy", "naive",
+    # "stubborn"). Heads whose clusters hold such words are roots alone, not clusters.
+    Category("character", (
+        "bad_person.n.01", "unpleasant_person.n.01", "coward.n.01", "incompetent.n.01",
+        "partisan.n.01", "jerk.n.01", "swot.n.01", "racism.n.01", "sexism.n.01",
+        "homophobia.n.01", "xenophobia.n.01", "dishonor.n.01", "scandal.n.01", "sin.n.01",
+        "stupidity.n.01", "ignorance.n.01", "incompetence.n.01", "arrogance.n.01",
+        "vanity.n.01", "narcissism.n.01", "greed.n.01", "selfishness.n.01", "hypocrisy.n.01",
+        "dishonesty.n.01", "dishonesty.n.02", "deceit.n.01", "treachery.n.01",
+        "corruption.n.01", "cruelty.n.01", "cruelty.n.02", "cowardice.n.01", "evil.n.01",
+        "foolish.a.01", "asinine.a.01", "idiotic.a.01", "clueless.a.01", "incompetent.a.02",
+        "inept.a.02", "unreasonable.a.01", "irresponsible.a.01", "questionable.a.01",
+        "untrustworthy.a.01", "devious.a.01", "shady.a.01", "hypocritical.a.01",
+        "cowardly.a.01", "unkind.a.01", "hateful.a.02", "abusive.a.01", "sarcastic.a.01",
+        "cynical.a.01", "arrogant.a.01", "conceited.a.01", "haughty.a.01", "bigheaded.a.01",
+        "smug.a.01", "greedy.a.01", "obnoxious.a.01", "pathetic.a.02", "creepy.a.01",
+        "whiny.a.01", "sexist.a.01", "homophobic.a.01", "xenophobic.a.01"),
+             unless=("critic.n.03",),  # a fault-finder: brings "critical"
+             clusters=(
+        "stupid.a.01", "unintelligent.a.01", "uneducated.a.01", "immature.a.01",
+        "dishonest.a.01", "dishonorable.a.01", "unfaithful.a.01", "unscrupulous.a.01",
+        "unprincipled.a.01", "corrupt.a.01", "immoral.a.01", "evil.a.01", "wicked.a.01",
+        "inhumane.a.01", "malicious.a.01", "hateful.a.01", "selfish.a.01", "impolite.a.01",
+        "disrespectful.a.01", "pretentious.a.01")),
+    # Misfortune as a label: victims, the poor, the homeless, the unemployed.
+    Category("misfortune", (
+        "unfortunate.n.01", "poverty.n.01", "unemployment.n.01", "slave.n.01", "orphan.n.01"),
+             unless=("survivor.n.01",), clusters=("unemployed.a.01",)),
+    # Animal names and "savage" used to dehumanise people (the racist ape trope).
+    Category("dehumanizing", ("ape.n.01", "monkey.n.01", "savage.n.01")),
 )
 # Words no rule catches (their offensive sense is not the reading one, no published list
 # names them) that are still unsafe on a photo of a person: word -> (reason, why).
@@ -114,6 +182,32 @@ ADDED = {
     "midget": ("disability", "a slur for a person of short stature; WordNet's adjective"),
     "stripper": ("sexual", "a striptease performer; the paint remover is listed first"),
     "caucasian": ("ethnicity_nationality", "a race term; the first adjective is the region"),
+    # Found by reading the 1024 most frequent adjectives and nouns left by the rules.
+    "minority": ("ethnicity_nationality", "a group differing racially from the rest; no root"),
+    "ghetto": ("ethnicity_nationality", "a segregated quarter; slang for Black neighbourhoods"),
+    "pregnant": ("gender", "labels a person's sex and pregnancy, a protected status"),
+    "chick": ("gender", "slang for a young woman; WordNet's reading is the young bird"),
+    "mum": ("gender", "'mother' (British); WordNet's reading is 'silent'"),
+    "depression": ("disability", "a mental-health state, not the disorder WordNet files"),
+    "anxiety": ("disability", "a mental-health state, not the disorder WordNet files"),
+    "assault": ("violence", "the attack and the crime; read as the verb"),
+    "violent": ("violence", "'acting with great force'; linked to no violence sense"),
+    "bloody": ("violence", "covered with blood, and a British curse"),
+    "alcoholic": ("drugs", "on a photo of a person, an addict; read as 'containing alcohol'"),
+    "suspect": ("crime", "'a person under suspicion'; read as the verb"),
+    "hideous": ("appearance", "'extremely ugly'; read as 'horrific' (of crimes)"),
+    "lazy": ("character", "'disinclined to work'; its most tagged sense is 'a lazy river'"),
+    "laziness": ("character", "'a dislike of work'; a rule for 'indolence' would take 'idle'"),
+    "petty": ("character", "'small-minded'; its first listed sense is 'lower in rank'"),
+    "cheat": ("character", "a deceiver; read as the verb"),
+    "creep": ("character", "'an unpleasantly strange person'; read as the verb"),
+    "monster": ("character", "'a cruel wicked person'; read as the imaginary creature"),
+    "troll": ("character", "on the web an insult for a person; WordNet has the creature"),
+    "loser": ("misfortune", "'an unsuccessful person'; read as the loser of a contest"),
+    "homeless": ("misfortune", "'without a home'; WordNet's first adjective is 'stateless'"),
+    "peasant": ("misfortune", "a class label used as an insult; read as 'a country person'"),
+    "filthy": ("appearance", "'disgustingly dirty', of a person an insult; seen in a readout"),
+    "smelly": ("appearance", "'having an unpleasant smell', of a person an insult"),
 }
 # Everyday words a WordNet rule catches only through a quirk of the database, kept.
 KEPT = {
@@ -123,6 +217,16 @@ KEPT = {
     "stiff": "the texture; ties with 'an ordinary man' (gender) in the sense counts",
     "shepherd": "the herder; ties with 'a clergyman' (religion) in the sense counts",
     "pastoral": "rural scenes; ties with 'of a pastor' (religion) in the sense counts",
+    "party": "the celebration; its most often tagged sense is the political party",
+    "bourbon": "the whiskey; its most often tagged sense is a reactionary politician",
+    "runner": "the athlete; its most tagged sense is a smuggler (crime)",
+    "hood": "the head covering; its most tagged sense is a hoodlum (crime)",
+    "mug": "the cup; ties with 'to rob at gunpoint' (crime) in the sense counts",
+    "junior": "younger, lower in rank; ties with a term of address for an annoying male",
+    "smoothie": "the drink; its first listed sense is a charmer (character)",
+    "tricky": "difficult; its first listed sense is 'not to be trusted' (character)",
+    "densely": "'densely populated'; its first listed sense is 'in a stupid manner'",
+    "unfortunately": "'by bad luck'; derived from 'unfortunate' (misfortune)",
 }
 REASONS = ("profanity", "slur_or_vulgar") + tuple(c.reason for c in CATEGORIES)
 # WordNet's usage domains for offensive words, and the usage notes its glosses carry.
@@ -143,6 +247,8 @@ def category_senses(wn: WordNet, category: Category) -> set[WordSense]:
   synsets |= {s for s in _closure(wn, category.peoples, _HYPONYMS, category.unless)
               if wn.synsets[s].words[0][:1].isupper()}
   members = {(lemma, s) for s in synsets for lemma in wn.synsets[s].lemmas()}
+  members |= {(lemma, s) for name in category.clusters for s in _cluster(wn, name)
+              for lemma in wn.synsets[s].lemmas()}
   places = {s for s in _closure(wn, category.pertains_to, ("~", "~i"), ())
             if any(p.symbol == "@i" for p in wn.synsets[s].pointers)}
   for synset in wn.synsets.values():
@@ -165,6 +271,15 @@ def _closure(wn: WordNet, names: Iterable[str], symbols: Sequence[str],
       found.add(synset_id)
       todo.extend(p.target for p in wn.synsets[synset_id].pointers if p.symbol in symbols)
   return found
+
+
+def _cluster(wn: WordNet, name: str) -> set[SynsetId]:
+  """An adjective synset and, when it heads a cluster, its satellites (a satellite's
+  similar-to pointer leads to its head, whose other satellites it does not bring)."""
+  synset = wn.synset(name)
+  if synset.ss_type != "a":
+    return {synset.id}
+  return {synset.id} | {p.target for p in synset.pointers if p.symbol == "&"}
 
 
 def _derived_senses(wn: WordNet, members: set[WordSense], pos: str) -> set[WordSense]:

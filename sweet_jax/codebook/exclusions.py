@@ -2,8 +2,9 @@
 
 The default list, `excluded_words.tsv`, holds profanity, slurs, sexual terms, terms for
 protected attributes (religion, sexual orientation, ethnicity and nationality, gender,
-disability), violence and self-harm, and drugs: the published lists and WordNet category
-rules of `exclusion_rules.py`, which writes it. Its lines are `word<TAB>reason<TAB>evidence`;
+disability, age), violence and self-harm, drugs, crime, politics, and judgments of a
+person's looks, character or fortune: the published lists and WordNet category rules of
+`exclusion_rules.py` (its REASONS), which writes it. Its lines are `word<TAB>reason<TAB>evidence`;
 a user's list may also be one plain word a line (reason `listed`). `#` starts a comment.
 """
 

@@ -148,8 +148,7 @@ def select_words(vocab_words: Iterable[str], lexicon: PosLexicon, *, sizes: Mapp
   Filters, in order: lowercase ASCII letters only (no names, numbers, hyphens);
   at least `min_length` letters (drops "ox"-like fragments and abbreviations); not a
   stop word; not in `excluded` (a collection or a word -> reason mapping; by default
-  profanity, slurs, sexual terms, protected attributes, violence and drugs, see
-  exclusions.py); in the embedding vocabulary; not an inflected form (codebook rows are
+  words unsafe to print next to a stranger's photo, see exclusions.py); in the embedding vocabulary; not an inflected form (codebook rows are
   lemmas: "years" and "said" would duplicate "year" and "say"); log-probability at least
   `min_log_prob` (rare and junk words have poor vectors; words without a frequency are
   dropped). Then one part of speech per word within a group (an adjective is not also a
