@@ -4,7 +4,7 @@ Every token is two adjectives (averaged) and a noun: the code rows are GloVe wor
 vectors through a trainable 2-layer GCN over a kNN word graph (quantizers/mlc.py,
 codebook/). Variants (`--config=configs/sweet_image.py:VARIANT[,CODEBOOK]`):
 
-  cpu       the main job: embedded real photos (scikit-image), 64x64 crops,
+  cpu       the main job: the embedded real photos (pip packages' own), 64x64 crops,
             32 tokens x (2 of 1024 adjectives + 1 of 1024 nouns), width 64, 2600 steps.
             About 10 minutes on 2 CPU cores.
             ./launch/local.sh   (or)

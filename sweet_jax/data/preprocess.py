@@ -62,8 +62,9 @@ def random_resized_crop(
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
   """Random channel permutation and per-channel gains in [1 - strength, 1 + strength].
 
-  The embedded training set is 13 photos, about half of them grayscale: without
-  this, a tokenizer learns few colours and fails on held-out colour photos.
+  The embedded training set is small (16 photos, half of them grayscale, and frames of
+  3 videos): without this, a tokenizer learns few colours and fails on held-out colour
+  photos.
   """
   if not 0.0 <= strength < 1.0:
     raise ValueError(f"color jitter strength must be in [0, 1), got {strength}.")
