@@ -27,7 +27,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Processes in the job (bare clusters).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank (bare clusters).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the whole traceback too.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print everything: the libraries' banners and "
+                             "logs, every metric, and on an error its whole traceback.")
+
 
 def verbose() -> bool:
   """Whether the tool was asked for everything (--verbose): libraries' logs, tracebacks."""
@@ -44,7 +46,9 @@ def _import_tensorflow_quietly() -> None:
   native start-up banners (oneDNN, CPU features, absl's) bypass Python's logging and
   TF_CPP_MIN_LOG_LEVEL. They are shown after all if the import fails, and always with
   --verbose (read from the command line: flags are parsed later)."""
-  if "tensorflow" in sys.modules or "--verbose" in sys.argv:
+  asked = any(arg == "--verbose" or arg.lower() in ("--verbose=true", "--verbose=1")
+              for arg in sys.argv)
+  if "tensorflow" in sys.modules or asked:
     return
   sys.stderr.flush()
   saved = os.dup(2)
