@@ -108,19 +108,11 @@ def _read_json_gz(path: str):
     raise ValueError(f"{path} is not gzip-compressed JSON: {e}") from e
 
 
+@functools.lru_cache(maxsize=1)
 def load_stop_words() -> frozenset[str]:
-  """scikit-learn's English stop words (shipped next to this file)."""
-  return load_word_list(STOP_WORDS_FILE)
-
-
-@functools.lru_cache(maxsize=4)
-def load_word_list(path: str) -> frozenset[str]:
-  """A word list, one a line, `#` comments (the stop words; excluded words: exclusions.py)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"word list {path} is missing")
-  with open(path, encoding="utf-8") as f:
-    words = (line.strip() for line in f)
-    return frozenset(w for w in words if w and not w.startswith("#"))
+  """scikit-learn's English stop words (shipped next to this file, one a line, read as the
+  exclusion lists are)."""
+  return frozenset(word for word, _ in exclusions.read_lines(STOP_WORDS_FILE, "stop-word list"))
 
 
 def _word_checks(vocab_words: Iterable[str], lexicon: PosLexicon, *, min_log_prob: float,
