@@ -3,9 +3,11 @@
 Every file a run writes (config, metrics, evaluation records, pictures, videos, words)
 goes through here or through `etils.epath`, never bare `open`. On a local disk a file is
 written under a temporary name and renamed into place, so a crash never leaves half a
-file; on an object store a single upload is already all-or-nothing.
+file; on an object store a single upload is already all-or-nothing. Files that ship
+inside installed packages (photos, clips, weights, word lists) are found by `package_dir`.
 """
 
+import importlib.util
 import json
 import os
 import uuid
@@ -14,6 +16,15 @@ from typing import Any
 from etils import epath
 
 PathLike = str | epath.PathLike
+
+
+def package_dir(module: str, missing: str) -> str:
+  """The directory of an installed package, found without importing it (some wheels are
+  installed for their data alone); FileNotFoundError(`missing`) when it is not there."""
+  spec = importlib.util.find_spec(module)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(missing)
+  return list(spec.submodule_search_locations)[0]
 
 
 def is_local(path: PathLike) -> bool:

@@ -16,7 +16,6 @@ part-of-speech lexicon's words, so a 128k x 4096 LM table costs only the rows it
 import functools
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from etils import epath
 
+from sweet_jax import io
 from sweet_jax.weights import is_count
 
 SOURCES = ("glove", "minilm", "safetensors", "npz")
@@ -60,11 +60,8 @@ def is_plain_word(token: str) -> bool:
 
 def package_dir(module: str) -> str:
   """The installed directory of a Python package, with a clear error when it is missing."""
-  spec = importlib.util.find_spec(module)
-  if spec is None or not spec.submodule_search_locations:
-    dist = module.replace("_", "-")
-    raise FileNotFoundError(f"package {module} is not installed (pip install {dist})")
-  return list(spec.submodule_search_locations)[0]
+  dist = module.replace("_", "-")
+  return io.package_dir(module, f"package {module} is not installed (pip install {dist})")
 
 
 def package_version(module: str) -> str:

