@@ -22,7 +22,8 @@ from sweet_jax.readout import words as readout
 
 # Words no token readout may print. The first line: what a user saw on their photos; from
 # "guilty" on, words that judge or label a person (a readout of a held-out portrait printed
-# "guilty", "crime", "bald", "dishonest", "communist", "petty").
+# "guilty", "crime", "bald", "dishonest", "communist", "petty"); the last lines, what the
+# main job's held-out readouts and a reading of the CPU vocabulary still showed.
 UNSAFE = """
 douche nazi crap ass suicidal naked homosexual atheist feminist female
 fuck shit bitch bastard cunt dick cock pussy whore slut porn sex sexy nude nudity erotic
@@ -45,6 +46,9 @@ scrawny elderly senile geriatric stupid dumb idiotic foolish ignorant lazy evil 
 corrupt dishonest deceitful greedy selfish arrogant cowardly petty immoral vile liar cheat
 hypocrite coward bigot racist sexist homophobic victim loser poverty homeless unemployed slave
 gorilla monkey ape savage pregnant
+race gender teen teenage foreign alien adult intimate mental delusional deadly lethal holy
+divine spiritual secular righteous enemy blood hate insult offensive inferior worthless
+useless laughable ridiculous sketchy nasty dirty trash beast
 """.split()
 # How many of UNSAFE each source's default selection has without the list.
 MIN_CAUGHT = {"glove": 200, "minilm": 165}
@@ -54,10 +58,10 @@ MIN_CAUGHT = {"glove": 200, "minilm": 165}
 SAFE = ("red white black blue green yellow cold warm dog horse cat tree house car stone "
         "wood metal glass cloud rain snow water bright dark round soft rough "
         "old young tall short big small heavy thin slim lean plain grey ancient senior "
-        "mature adult sharp hard wet dry wild poor bad good wrong honest brave kind smart "
-        "clever beautiful pretty cute strong weak fast slow clean dirty silly absurd funny "
+        "mature sharp hard wet dry wild poor bad good wrong honest brave kind smart "
+        "clever beautiful pretty cute strong weak fast slow clean messy silly absurd funny "
         "weird strange critical tricky party police officer doctor judge lawyer court "
-        "political democracy government runner mug hood trailer smoothie junior").split()
+        "political democracy government runner mug hood trailer smoothie junior pepper shell defense engagement").split()
 
 
 # ---------------------------------------------------------------------------------------
