@@ -23,7 +23,7 @@ from sweet_jax.losses import gan as gan_loss
 from sweet_jax.losses.alignment import alignment_loss
 from sweet_jax.losses.gan import DiscriminatorState, GanOptions
 from sweet_jax.losses.perceptual import perceptual_loss
-from sweet_jax.losses.reconstruction import low_pass_loss, reconstruction_loss
+from sweet_jax.losses.reconstruction import low_pass_loss, mean_color_loss, reconstruction_loss
 from sweet_jax.metrics import codebook_stats_by_group, per_frame_metrics, psnr, ssim
 from sweet_jax.nets.dinov2 import teacher_features
 from sweet_jax.nets.i3d import fvd_preprocess
@@ -179,7 +179,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   discriminator's step count in line with a zero, inactive update.
 
   "low_pass" is the error of the `low_pass_block`-pixel block means (the coarse colour),
-  computed always (a diagnostic), weighted as `loss_weights` says.
+  "mean_color" that of each frame's mean colour; both are computed always (diagnostics),
+  weighted as `loss_weights` says.
 
   A step with a non-finite loss term or gradient is discarded (`discard_unless_finite`);
   its metrics say so ("nonfinite" = 1, the terms and per-group gradient norms
@@ -206,6 +207,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       terms = {
           "recon": reconstruction_loss(recon, images),
           "low_pass": low_pass_loss(recon, images, low_pass_block),
+          "mean_color": mean_color_loss(recon, images),
           "commitment": aux["commitment_loss"],
           "codebook": aux["codebook_loss"],
           "entropy": aux["entropy_loss"],

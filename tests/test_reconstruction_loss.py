@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sweet_jax.losses.reconstruction import low_pass_loss, reconstruction_loss
+from sweet_jax.losses.reconstruction import low_pass_loss, mean_color_loss, reconstruction_loss
 
 
 def test_low_pass_loss_is_the_error_of_block_means():
@@ -32,3 +32,18 @@ def test_low_pass_loss_takes_clips_and_names_a_bad_block():
   assert float(low_pass_loss(clips + 0.5, clips, 8)) == pytest.approx(0.25)
   with pytest.raises(ValueError, match="block 6 must divide the frame size 16x16"):
     low_pass_loss(clips, clips, 6)
+
+
+def test_mean_color_loss_is_the_error_of_each_frames_mean_colour():
+  rng = np.random.default_rng(1)
+  images = rng.uniform(-1, 1, (2, 3, 8, 8, 3)).astype(np.float32)  # clips: per frame
+  recon = rng.uniform(-1, 1, (2, 3, 8, 8, 3)).astype(np.float32)
+  expected = np.mean(np.square(recon.mean(axis=(2, 3)) - images.mean(axis=(2, 3))))
+  np.testing.assert_allclose(mean_color_loss(jnp.asarray(recon), jnp.asarray(images)),
+                             expected, rtol=1e-5)
+  # Moving colour around inside a frame costs nothing; a cast costs its square.
+  swapped = images[:, :, ::-1]
+  assert float(mean_color_loss(jnp.asarray(swapped), jnp.asarray(images))) < 1e-12
+  tinted = images + np.array([0.1, 0.0, -0.1], np.float32)
+  assert float(mean_color_loss(jnp.asarray(tinted), jnp.asarray(images))) == pytest.approx(
+      0.02 / 3, rel=1e-4)
