@@ -48,7 +48,7 @@ hypocrite coward bigot racist sexist homophobic victim loser poverty homeless un
 gorilla monkey ape savage pregnant
 race gender teen teenage foreign alien adult intimate mental delusional deadly lethal holy
 divine spiritual secular righteous enemy blood hate insult offensive inferior worthless
-useless laughable ridiculous sketchy nasty dirty trash beast
+useless laughable ridiculous sketchy nasty dirty trash beast suspicious bust aggressive
 """.split()
 # How many of UNSAFE each source's default selection has without the list.
 MIN_CAUGHT = {"glove": 200, "minilm": 165}

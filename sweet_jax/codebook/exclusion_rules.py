@@ -17,8 +17,9 @@ A word (lowercase letters only: what a codebook row can be) is excluded when
     satellites "deceitful", "thieving"), an adjective or adverb derived from one ("suicide"
     -> "suicidal", "sex" -> "sexual" -> "sexually"), or an adjective of a named country,
     continent or island ("French");
-  - it is on `ADDED`, the few words no rule catches; and it is not on `KEPT`, the few
-    everyday words a rule catches only through a quirk of the database.
+  - it is on `ADDED`, the words no rule catches (found by reading the selection and the
+    readouts); and it is not on `KEPT`, the everyday words a rule catches only through a
+    quirk of the database.
 
 The reading sense is the one a reader takes the printed word in: its most often tagged
 sense (WordNet's cntlist.rev counts, over all parts of speech; for an untagged word, its
@@ -270,6 +271,10 @@ ADDED = {
     "shame": ("character", "on a photo of a person, shaming"),
     "beast": ("dehumanizing", "of a person, dehumanizing; read as 'an animal'"),
     "hairy": ("appearance", "a remark on a person's body"),
+    # Seen in the main job's held-out readout at b080ca9.
+    "suspicious": ("crime", "of a person, 'suspected'; read as 'arousing suspicion'"),
+    "bust": ("sexual", "the breasts, and an arrest; read as 'a failure'"),
+    "aggressive": ("character", "of a person, 'hostile'; as 'hostile'"),
     "mindless": ("character", "'stupid', of a person; read as 'not requiring thought'"),
     "pregnancy": ("gender", "as 'pregnant': a protected status"),
     "cannibalism": ("violence", "eating human flesh; filed under no violence root"),
