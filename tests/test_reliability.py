@@ -397,22 +397,27 @@ def corrupt_clips_dir(tmp_path_factory) -> str:
   return data_dir
 
 
-def _corrupt_clips_config(data_dir: str, max_bad_fraction: float):
-  """The video runlocal config on the corrupt clips alone: its temporal stage (2 steps)."""
+def _corrupt_clips_config(photos_dir: str, clips_dir: str, max_bad_fraction: float):
+  """The video runlocal curriculum on the corrupt clips, exactly as test_curriculum.py's
+  boundary test runs it (its decoder stage without perceptual and GAN terms), so that the
+  three compiled steps come from the shared compilation cache: a temporal stage of its own
+  would compile one more (40 s here)."""
   config = sweet_video.get_config("runlocal")
   with config.unlocked():
-    config.curriculum.order = ("temporal",)
-    config.video_data.update(name="corrupt_clips", data_dir=data_dir,
+    config.data.data_dir = photos_dir
+    config.curriculum.stages.decoder.loss.update(perceptual=0.0, adversarial=0.0)
+    config.video_data.update(name="corrupt_clips", data_dir=clips_dir,
                              max_bad_fraction=max_bad_fraction)
   return config
 
 
-def test_corrupt_clips_are_skipped_counted_and_logged(corrupt_clips_dir, tmp_path, caplog):
+def test_corrupt_clips_are_skipped_counted_and_logged(corrupt_clips_dir, embedded_data_dir,
+                                                      tmp_path, caplog):
+  config = _corrupt_clips_config(embedded_data_dir, corrupt_clips_dir, 0.25)
   caplog.set_level("INFO")
   before = pipeline.skipped_example_count()
-  metrics = train_and_evaluate(_corrupt_clips_config(corrupt_clips_dir, 0.25), str(tmp_path),
-                               log_all_metrics=True)
-  assert metrics["step"] == 2 and np.isfinite(metrics["psnr"])
+  metrics = train_and_evaluate(config, str(tmp_path), log_all_metrics=True)
+  assert metrics["step"] == 6 and np.isfinite(metrics["psnr"])
   assert metrics["skipped_examples"] - before >= 2  # (the eval one and a training read)
   assert re.search(r"Skipping element 3 of corrupt_clips/1.0.0 split 'eval': error: Error -5 "
                    r"while decompressing", caplog.text)
@@ -420,8 +425,12 @@ def test_corrupt_clips_are_skipped_counted_and_logged(corrupt_clips_dir, tmp_pat
   assert re.search(r"train/skipped_examples=[1-9]", caplog.text)
 
 
-def test_too_many_corrupt_clips_stop_the_run_naming_them(corrupt_clips_dir, tmp_path):
+def test_too_many_corrupt_clips_stop_the_run_naming_them(corrupt_clips_dir, embedded_data_dir,
+                                                         tmp_path):
+  config = _corrupt_clips_config(embedded_data_dir, corrupt_clips_dir, 0.1)
+  with config.unlocked():  # the clean held-out clips: the spatial stage's evaluation passes
+    config.video_data.eval_split = "eval[4:]"
   with pytest.raises(pipeline.BadDataError,
                      match=r"2 of the 10 examples of corrupt_clips/1.0.0 split 'train' cannot "
                            r"be used, more than max_bad_fraction=0.1 .*ids \[3, 6\]"):
-    train_and_evaluate(_corrupt_clips_config(corrupt_clips_dir, 0.1), str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))
