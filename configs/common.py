@@ -147,9 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
   # low_pass: the squared error of patch-sized block means (the coarse colour), on top of
   # the per-pixel one (losses/reconstruction.py); mean_color: that of each image's mean colour.
   c.loss = ml_collections.ConfigDict(dict(recon=1.0, low_pass=0.0, mean_color=0.0,
-                                          commitment=0.25,
-                                          codebook=1.0, entropy=0.01, perceptual=0.0,
-                                          adversarial=0.0, alignment=0.0))
+                                          commitment=0.25, codebook=1.0, entropy=0.01,
+                                          perceptual=0.0, adversarial=0.0, alignment=0.0))
 
   # Representation alignment (models with an alignment projector: SoftVQ-VAE's
   # config.model.align_width = the teacher's width): the tokens' projections are pulled
