@@ -6,7 +6,7 @@ codebook/). Variants (`--config=configs/sweet_image.py:VARIANT[,CODEBOOK]`):
 
   cpu       the main job: the embedded real photos (pip packages' own), 64x64 crops,
             32 tokens x (2 of 1024 adjectives + 1 of 1024 nouns), width 64, 2600 steps.
-            About 10 minutes on 2 CPU cores.
+            About 11.5 minutes on 2 CPU cores (docs/results.md).
             ./launch/local.sh   (or)
             python -m sweet_jax.main --config=configs/sweet_image.py:cpu --workdir=workdirs/cpu
             Expected results: docs/results.md#image-the-main-job
