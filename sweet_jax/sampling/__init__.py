@@ -1,0 +1,1 @@
+"""Samplers for the generators on tokens: autoregressive (KV cache) and MaskGIT."""
