@@ -21,13 +21,13 @@ LAYERS = {
     "sweet_jax.nn": 1, "sweet_jax.codebook": 1, "sweet_jax.curriculum": 1,
     "sweet_jax.quantizers": 2, "sweet_jax.nets": 2, "sweet_jax.optim": 2,
     "sweet_jax.models": 3, "sweet_jax.data": 3,
-    "sweet_jax.losses": 4, "sweet_jax.readout": 4,
+    "sweet_jax.losses": 4, "sweet_jax.readout": 4, "sweet_jax.sampling": 4,
     "sweet_jax.step": 5, "sweet_jax.checkpoint": 5,
     "sweet_jax.experiment": 6,
     "sweet_jax.evaluate": 7,
     "sweet_jax.train": 8, "sweet_jax.api": 8,
     "sweet_jax.plan": 9, "sweet_jax.bench": 9, "sweet_jax.compare": 9, "sweet_jax.words": 9,
-    "sweet_jax.reconstruct": 9, "sweet_jax.evaluate.__main__": 9,
+    "sweet_jax.reconstruct": 9, "sweet_jax.evaluate.__main__": 9, "sweet_jax.tokenize": 9,
     "sweet_jax.main": 10,
 }
 FACADE = "sweet_jax"  # the package's __init__: sweet_jax.load_tokenizer, imported lazily

@@ -134,13 +134,13 @@ def make_train_iterator(
 
   One global stream of `source` (reshuffled every epoch, a fresh random crop of every
   element) is split over the hosts by rows of each global batch, so any number of hosts
-  trains on the same global batches (see `_endless_batches`). `get_state()` /
+  trains on the same global batches (see `endless_batches`). `get_state()` /
   `set_state()` (or orbax with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`)
   resume on exactly the next batch. `prefetch_buffer_size` counts batches. An unusable
   image is skipped: the next usable element of `source` takes its place.
   """
   info = _source_info(source, "image", max_bad_fraction)
-  return _endless_batches(
+  return endless_batches(
       _NextGoodImageSource(_TolerantSource(source, info)),
       _RandomCrop(image_size, tuple(crop_scale), flip, color_jitter), then=_image_only,
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
@@ -148,7 +148,7 @@ def make_train_iterator(
       prefetch_buffer_size=prefetch_buffer_size)
 
 
-def _endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
+def endless_batches(source: Any, random_view: grain.transforms.RandomMap, *,
                      global_batch_size: int, seed: int, process_index: int, process_count: int,
                      num_threads: int, prefetch_buffer_size: int,
                      then: Callable[[Any], Any] | None = None,
@@ -435,7 +435,7 @@ def make_clip_train_iterator(
   iterator raises instead.
   """
   info = _source_info(source, "video", max_bad_fraction)
-  return _endless_batches(
+  return endless_batches(
       _TolerantSource(source, info), _RandomClip(num_frames, image_size, tuple(crop_scale)),
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
