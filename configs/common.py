@@ -235,3 +235,60 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_summary_images = 8
   c.num_word_images = 2  # language codebook: words of this many images per text summary
   return c
+
+
+GENERATOR_PARAM_GROUPS = (("generator", r".*"),)
+
+
+def generator_base_config() -> ml_collections.ConfigDict:
+  """What every generator on tokens shares (configs/ar_generator.py, configs/maskgit.py):
+  the run's machinery (mesh and rules, the optax chain, EMA, the non-finite guard,
+  logging and checkpoints) as the tokenizers', and the token dataset it trains on."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 32
+  c.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
+  c.sharding_rules = SHARDING_RULES
+  # The token dataset (python -m sweet_jax.tokenize): its directory, splits, and whether
+  # to train on the mirrored views' tokens half of the time (when it has them). The
+  # tokenizer that decodes samples is the one the dataset records, or `tokenizer_workdir`
+  # (a moved run directory; its weights must hash as recorded).
+  c.tokens = ml_collections.ConfigDict(dict(
+      dir=config_dict.placeholder(str),
+      train_split="train",
+      flip=True,
+      tokenizer_workdir=config_dict.placeholder(str),
+      num_threads=2,
+      prefetch_buffer_size=4,
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4, warmup_steps=100, end_lr_fraction=0.1, b1=0.9, b2=0.96, eps=1e-8,
+      weight_decay=0.03, clip_norm=1.0, param_groups=GENERATOR_PARAM_GROUPS,
+      lr_mult=ml_collections.ConfigDict({"generator": 1.0})))
+  c.loss = ml_collections.ConfigDict(dict(cross_entropy=1.0))
+  c.label_smoothing = 0.1  # of the cross-entropy (LlamaGen, SweetTok, TiTok: 0.1)
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0))
+  # Generation metrics: `num_samples` samples (classes in turn) decoded by the tokenizer,
+  # FD-VGG against the tokenizer run's held-out images (with LPIPS's VGG16; never FID),
+  # gFID with the user's InceptionV3 file; statistics cached in `reference_cache`.
+  c.eval = ml_collections.ConfigDict(dict(
+      num_samples=256,
+      lpips=True,
+      fvd=True,
+      i3d_weights=config_dict.placeholder(str),
+      inception_weights=config_dict.placeholder(str),
+      reference_cache=config_dict.placeholder(str),
+      every_steps=0,
+  ))
+  c.on_nonfinite = "halt"
+  c.max_consecutive_nonfinite = 10
+  c.inject_nan_at_step = -1
+  c.log_every_steps = 50
+  c.summary_every_steps = 500
+  c.checkpoint_every_steps = 250
+  c.keep_checkpoints = 3
+  c.eval_batch_size = 32
+  c.num_summary_images = 16
+  c.num_word_images = 2
+  return c

@@ -31,7 +31,7 @@ class Stage:
   name: str
   start: int  # global step at which the stage begins
   steps: int
-  data: Literal["image", "video"]
+  data: Literal["image", "video", "tokens"]  # "tokens": a generator's token dataset
   batch_size: int
   train: tuple[str, ...]  # parameter groups that learn in this stage
   loss: tuple[tuple[str, float], ...]  # loss term -> weight

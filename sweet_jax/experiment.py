@@ -10,6 +10,7 @@ module; nothing here imports them.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -22,18 +23,24 @@ from jax.sharding import Mesh, NamedSharding
 from sweet_jax import curriculum, nonfinite, optim, parallel
 from sweet_jax.checkpoint import abstract_with_shardings, restore_run_state
 from sweet_jax.codebook import run as run_codebook
+from sweet_jax.data import tokens as token_data
+from sweet_jax.generator_step import make_generator_init_fn, make_generator_train_step
 from sweet_jax.losses.gan import GanOptions
-from sweet_jax.models import build_model, discriminator as discriminator_lib, model_class
-from sweet_jax.models.tokenizer import Tokenizer
+from sweet_jax.models import (GENERATORS, build_model, discriminator as discriminator_lib,
+                              is_generator, model_class)
+from sweet_jax.models.token_layout import TokenLayout
 from sweet_jax.models.video_cqae import check_num_frames
 from sweet_jax.nets import frozen as frozen_lib
 from sweet_jax.parallel import BoundStep
+from sweet_jax.sampling import ar as ar_sampling, maskgit as maskgit_sampling
 from sweet_jax.step import (TrainState, check_adaptive_layer, make_eval_step, make_init_fn,
                             make_train_step)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Fails before anything compiles, naming the setting that is impossible."""
+  if is_generator(config.model.name):
+    return _validate_generator(config, num_devices)
   curriculum.stages_from_config(config)  # raises on an impossible curriculum
   nonfinite.check_mode(config.on_nonfinite)
   image_size, patch = config.model.image_size, config.model.patch_size
@@ -80,25 +87,54 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError("config.total_steps is derived from config.curriculum (the sum of the "
                      "stages' steps); set the stages' steps instead")
   counts += ["keep_checkpoints"]  # orbax deletes every checkpoint at 0
-  for name in counts:
-    if not isinstance(config[name], int) or config[name] <= 0:
-      raise ValueError(f"config.{name} must be a positive integer, got {config[name]!r}: "
-                       f"set --config.{name}=N with N >= 1")
+  _check_counts(config, counts)
   nonnegative = {"eval.every_steps": config.eval.every_steps,
                  "num_summary_images": config.num_summary_images,
                  "num_word_images": config.num_word_images,
                  "max_consecutive_nonfinite": config.max_consecutive_nonfinite,
                  "quantizer_warmup_steps": config.get("quantizer_warmup_steps", 0)}
-  for name, value in nonnegative.items():
-    if not isinstance(value, int) or value < 0:
-      raise ValueError(f"config.{name} must be an integer >= 0, got {value!r}: set "
-                       f"--config.{name}=N with N >= 0" + (" (0: never)" if name ==
-                                                          "eval.every_steps" else ""))
+  _check_nonnegative(nonnegative)
   if not 0 <= config.ema.decay < 1:
     raise ValueError(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0: no EMA)")
   if not 0 <= config.data.max_bad_fraction <= 1:
     raise ValueError(f"config.data.max_bad_fraction={config.data.max_bad_fraction} is not a "
                      "fraction: set it in [0, 1]")
+
+
+def _check_counts(config: ml_collections.ConfigDict, counts: Sequence[str]) -> None:
+  for name in counts:
+    if not isinstance(config[name], int) or config[name] <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got {config[name]!r}: "
+                       f"set --config.{name}=N with N >= 1")
+
+
+def _check_nonnegative(values: dict[str, Any]) -> None:
+  for name, value in values.items():
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"config.{name} must be an integer >= 0, got {value!r}: set "
+                       f"--config.{name}=N with N >= 0" + (" (0: never)" if name ==
+                                                          "eval.every_steps" else ""))
+
+
+def _validate_generator(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """`validate` for a generator on tokens (configs/ar_generator.py, configs/maskgit.py)."""
+  nonfinite.check_mode(config.on_nonfinite)
+  parallel.mesh_shape(config.mesh, num_devices)
+  _check_counts(config, ["batch_size", "eval_batch_size", "log_every_steps",
+                         "checkpoint_every_steps", "summary_every_steps", "total_steps",
+                         "keep_checkpoints", "eval.num_samples"])
+  _check_nonnegative({"num_summary_images": config.num_summary_images,
+                      "max_consecutive_nonfinite": config.max_consecutive_nonfinite,
+                      "model.num_classes": config.model.num_classes})
+  if config.model.width % config.model.num_heads:
+    raise ValueError(f"config.model.width={config.model.width} is not divisible by "
+                     f"config.model.num_heads={config.model.num_heads}")
+  if not config.tokens.dir and None in (config.model.vocab_size, config.model.seq_len):
+    raise ValueError("config.tokens.dir is not set: write a token dataset with python -m "
+                     "sweet_jax.tokenize --workdir=TOKENIZER_RUN --out=DIR, then pass "
+                     "--config.tokens.dir=DIR")
+  if not 0 <= config.ema.decay < 1:
+    raise ValueError(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0: no EMA)")
 
 
 @dataclasses.dataclass
@@ -108,7 +144,7 @@ class Experiment:
   config: ml_collections.ConfigDict
   mesh: Mesh
   rules: list[tuple[str, Any]]
-  model: Tokenizer
+  model: nn.Module  # a Tokenizer, or a generator on tokens (kind "generator")
   tx: optax.GradientTransformation
   init_fn: Callable[[jax.Array], TrainState]
   abstract_state: TrainState  # Linen-boxed ShapeDtypeStructs
@@ -122,10 +158,22 @@ class Experiment:
   # real_features -> an eval step; without the originals' features when cached reference
   # statistics replace them (the evaluator).
   make_eval_step: Callable[[bool], BoundStep]
+  # A generator: its token dataset's record (data/tokens.py) and flat layout; its eval
+  # step samples token sequences, (params, labels [B], rng) -> [B, seq_len].
+  token_metadata: dict[str, Any] | None = None
+  layout: TokenLayout | None = None
+
+  @property
+  def kind(self) -> str:
+    """"tokenizer" or "generator"."""
+    return "generator" if self.token_metadata is not None else "tokenizer"
 
   @property
   def modality(self) -> str:
-    """"image" or "video": what the model takes and the run evaluates on."""
+    """"image" or "video": what the model takes and the run evaluates on (a generator:
+    what its tokenizer codes)."""
+    if self.token_metadata is not None:
+      return model_class(self.token_metadata["tokenizer"]["model"]).modality
     return self.model.modality
 
   @property
@@ -170,6 +218,20 @@ class Experiment:
       return restore_run_state(workdir, self.restore_target(), step, purpose=purpose)
 
 
+def _mesh_and_rules(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
+                    ) -> tuple[Mesh, list[tuple[str, Any]], int]:
+  """The mesh, the logical rules and the data-parallel size (which the batches divide)."""
+  mesh = parallel.make_mesh(config.mesh, devices)
+  rules = [tuple(rule) for rule in config.sharding_rules]
+  dp = parallel.data_parallel_size(mesh, rules)
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % dp:
+      raise ValueError(f"config.{name}={config[name]} is not divisible by the "
+                       f"data-parallel size {dp} of mesh {dict(mesh.shape)}; use a multiple "
+                       f"of {dp} (or change config.mesh)")
+  return mesh, rules, dp
+
+
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None,
           workdir: str | None = None, *, abstract_frozen: bool = False,
           frozen_networks: bool = True) -> Experiment:
@@ -179,16 +241,11 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   `abstract_frozen`: the frozen networks stay shapes (the memory planner lowers steps
   without placing a replica of them on each of hundreds of virtual devices).
   `frozen_networks=False` loads none (a tokenizer loaded for use: its steps, which would
-  need them, are never called).
+  need them, are never called). A generator's config builds a generator (`build_generator`).
   """
-  mesh = parallel.make_mesh(config.mesh, devices)
-  rules = [tuple(rule) for rule in config.sharding_rules]
-  dp = parallel.data_parallel_size(mesh, rules)
-  for name in ("batch_size", "eval_batch_size"):
-    if config[name] % dp:
-      raise ValueError(f"config.{name}={config[name]} is not divisible by the "
-                       f"data-parallel size {dp} of mesh {dict(mesh.shape)}; use a multiple "
-                       f"of {dp} (or change config.mesh)")
+  if is_generator(config.model.name):
+    return build_generator(config, devices)
+  mesh, rules, dp = _mesh_and_rules(config, devices)
   stages = curriculum.stages_from_config(config)
   for stage in stages:
     if stage.batch_size % dp:
@@ -274,3 +331,75 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
                     batch_sharding=batch_sharding, stages=stages, stage_steps=stage_steps,
                     eval_step=jitted_eval_step(), rng=rng, nets=nets,
                     make_eval_step=jitted_eval_step)
+
+
+def generator_fields(config: ml_collections.ConfigDict, layout: TokenLayout | None
+                     ) -> dict[str, Any]:
+  """The generator's module fields: config.model, its vocabulary and length from the
+  token dataset's layout (a config that sets them must agree)."""
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  if layout is not None:
+    for name, value in (("vocab_size", layout.vocab_size), ("seq_len", layout.seq_len)):
+      if fields.get(name) not in (None, value):
+        raise ValueError(f"config.model.{name}={fields[name]} but the token dataset "
+                         f"{config.tokens.dir} has {value}: leave it unset (None)")
+      fields[name] = value
+  if config.model.name == "maskgit":
+    fields["codebook_size"] = fields.pop("vocab_size")
+  return fields
+
+
+def build_generator(config: ml_collections.ConfigDict,
+                    devices: Sequence[jax.Device] | None = None) -> Experiment:
+  """A generator on tokens (config.model.name "ar" or "maskgit") as an `Experiment`: the
+  same mesh, rules, optax chain, state and jitted-step contract as a tokenizer's; the
+  stage's data is the token dataset; the eval step samples."""
+  mesh, rules, _ = _mesh_and_rules(config, devices)
+  meta = token_data.read_metadata(config.tokens.dir) if config.tokens.dir else None
+  layout = TokenLayout.from_metadata(meta["layout"]) if meta is not None else None
+  fields = generator_fields(config, layout)
+  model = GENERATORS[config.model.name](**fields)
+  stages = [dataclasses.replace(s, data="tokens") for s in curriculum.stages_from_config(config)]
+  tx, schedule = optim.make(config.optim, stages)
+  with parallel.run_context(mesh, rules):
+    init_fn = make_generator_init_fn(model, tx, fields["seq_len"], ema=config.ema.decay > 0)
+    rng = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(init_fn, rng)
+    state_sharding = parallel.logical_to_sharding(abstract, mesh, rules)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  replicated = parallel.replicated(mesh)
+  step = jax.jit(
+      make_generator_train_step(
+          model, tx, kind=config.model.name, learning_rate=schedule,
+          label_smoothing=config.label_smoothing, ema_decay=config.ema.decay,
+          param_groups=tuple(tuple(g) for g in config.optim.param_groups),
+          inject_nan_at_step=config.inject_nan_at_step),
+      in_shardings=(state_sharding, batch_sharding, {}),
+      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  train_step = BoundStep(step, {}, mesh, rules)
+
+  if config.model.name == "ar":
+    ranges = layout.allowed_ranges() if layout is not None else None
+    sampler = functools.partial(ar_sampling.sample, model, allowed_ranges=ranges,
+                                **config.sampling)
+  else:
+    sampler = functools.partial(
+        lambda params, labels, rng, **kw: maskgit_sampling.sample(
+            model, {"params": params}, labels, rng, **kw), **config.sampling)
+
+  def sample_step(params, labels, rng, frozen):
+    del frozen
+    return sampler(params, labels, rng)
+
+  eval_step = BoundStep(
+      jax.jit(sample_step,
+              in_shardings=(state_sharding.params, batch_sharding, replicated, {})),
+      {}, mesh, rules)
+  nets = frozen_lib.FrozenNets(perceptual=None, lpips=None, i3d=None, inception=None,
+                               teacher=None, params={})
+  return Experiment(config=config, mesh=mesh, rules=rules, model=model, tx=tx,
+                    init_fn=init_fn, abstract_state=abstract, state_sharding=state_sharding,
+                    batch_sharding=batch_sharding, stages=stages,
+                    stage_steps={s.name: train_step for s in stages}, eval_step=eval_step,
+                    rng=rng, nets=nets, make_eval_step=lambda real_features=True: eval_step,
+                    token_metadata=meta, layout=layout)

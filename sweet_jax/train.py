@@ -24,6 +24,7 @@ from sweet_jax.checkpoint import (Checkpointer, check_free_space, check_workdir_
 from sweet_jax.data import pipeline, streams
 from sweet_jax.evaluate import artifacts
 from sweet_jax.evaluate.evaluator import ReconstructionEvaluator, default_cache_dir
+from sweet_jax.evaluate.generation import GenerationEvaluator
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -92,12 +93,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Curriculum: %s", curriculum.summary(stages))
 
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  held_out = ReconstructionEvaluator(e)  # final and end-of-stage: config's eval data
-  summaries = (ReconstructionEvaluator(e, split=config.summary_eval_split)
-               if config.get("summary_eval_split") else held_out)
-  split_eval = (ReconstructionEvaluator(e, dataset=config.eval.dataset, split=config.eval.split,
-                                        reference_cache=default_cache_dir(config))
-                if config.eval.every_steps else None)
+  if e.kind == "generator":  # samples, decoded by the token dataset's tokenizer
+    held_out = summaries = GenerationEvaluator(e)
+    split_eval = None
+    shown_model = held_out.shown_model
+  else:
+    held_out = ReconstructionEvaluator(e)  # final and end-of-stage: config's eval data
+    summaries = (ReconstructionEvaluator(e, split=config.summary_eval_split)
+                 if config.get("summary_eval_split") else held_out)
+    split_eval = (ReconstructionEvaluator(e, dataset=config.eval.dataset,
+                                          split=config.eval.split,
+                                          reference_cache=default_cache_dir(config))
+                  if config.eval.every_steps else None)
+    shown_model = e.model
   writer = _metric_writer(workdir, is_chief, log_all_metrics)
   to_global = lambda b: parallel.to_global(b, e.batch_sharding)
 
@@ -138,10 +146,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     num_parameters = e.num_parameters
     logging.info("Parameters: %d", num_parameters)
 
-    def summarize(step: int, prefix: str, evaluator: ReconstructionEvaluator = held_out) -> Any:
+    def summarize(step: int, prefix: str, evaluator: Any = held_out) -> Any:
       """The held-out evaluation of the current (EMA) weights, logged under `prefix`."""
       result = evaluator.run(state.eval_params, step)
-      artifacts.log_summary(writer, result, prefix, e.model, config.num_word_images)
+      artifacts.log_summary(writer, result, prefix, shown_model, config.num_word_images)
       return result
 
     stage_results = artifacts.read_stage_metrics(workdir)
@@ -242,7 +250,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_metrics["stages"] = stage_results
   writer.flush()
   if is_chief:
-    paths = artifacts.write_run_outputs(workdir, eval_metrics, final, e.model)
+    paths = artifacts.write_run_outputs(workdir, eval_metrics, final, shown_model,
+                                        picture_name="samples" if e.kind == "generator"
+                                        else "recon")
     logging.debug("Wrote %s", ", ".join(str(p) for p in paths))  # (the summary lists them)
   checkpointer.close()
   return eval_metrics

@@ -22,7 +22,7 @@ LAYERS = {
     "sweet_jax.quantizers": 2, "sweet_jax.nets": 2, "sweet_jax.optim": 2,
     "sweet_jax.models": 3, "sweet_jax.data": 3,
     "sweet_jax.losses": 4, "sweet_jax.readout": 4, "sweet_jax.sampling": 4,
-    "sweet_jax.step": 5, "sweet_jax.checkpoint": 5,
+    "sweet_jax.step": 5, "sweet_jax.checkpoint": 5, "sweet_jax.generator_step": 5,
     "sweet_jax.experiment": 6,
     "sweet_jax.evaluate": 7,
     "sweet_jax.train": 8, "sweet_jax.api": 8,

@@ -10,7 +10,7 @@ from typing import Any
 import ml_collections
 
 from sweet_jax.curriculum import Stage
-from sweet_jax.data import pipeline
+from sweet_jax.data import pipeline, tokens
 
 Hosts = dict[str, int]  # process_index, process_count
 
@@ -20,6 +20,12 @@ def train_iterator(config: ml_collections.ConfigDict, stage: Stage, index: int, 
   stage's batch size, seeded by (config.seed, stage index), so a resumed run rebuilds the
   same stream."""
   seed = config.seed + index
+  if stage.data == "tokens":
+    data = config.tokens
+    return tokens.make_token_train_iterator(
+        data.dir, data.train_split, global_batch_size=stage.batch_size, seed=seed,
+        flip=data.flip, num_threads=data.num_threads,
+        prefetch_buffer_size=data.prefetch_buffer_size, **hosts)
   if stage.data == "image":
     data = config.data
     source = pipeline.get_data_source(data.name, data.train_split, data.data_dir)
@@ -40,6 +46,8 @@ def train_iterator(config: ml_collections.ConfigDict, stage: Stage, index: int, 
 def batch_shape(config: ml_collections.ConfigDict, stage: Stage) -> tuple[str, tuple[int, ...]]:
   """The key and global uint8 shape of a stage's training batches (what its iterator
   yields, assembled over the hosts): for the planner and the benchmark."""
+  if stage.data == "tokens":
+    return "tokens", (stage.batch_size, config.model.seq_len)
   if stage.data == "image":
     size = config.data.image_size
     return "image", (stage.batch_size, size, size, 3)

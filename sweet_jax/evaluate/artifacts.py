@@ -6,6 +6,7 @@
   eval_<step>.json     a split evaluation (trainer's periodic one, or the evaluate CLI)
   recon_grid.png       images: originals / reconstructions / bit-matched thumbnails
   recon.mp4, recon_<stage>.mp4   clips: originals above reconstructions
+  samples_grid.png, samples.mp4  a generator's samples, decoded by its tokenizer
   words.md             the words of the shown examples' tokens (language codebook)
 """
 
@@ -78,16 +79,17 @@ def write_stage_video(workdir: str, stage: str, result: EvalResult) -> epath.Pat
 
 
 def write_run_outputs(workdir: str, metrics: dict[str, Any], result: EvalResult,
-                      model: Tokenizer) -> list[epath.Path]:
-  """metrics.json, the picture (recon.mp4 or recon_grid.png) and words.md; the paths."""
+                      model: Tokenizer, picture_name: str = "recon") -> list[epath.Path]:
+  """metrics.json, the picture (<picture_name>.mp4 or <picture_name>_grid.png) and
+  words.md (of `model`'s tokens); the paths."""
   workdir = epath.Path(workdir)
   paths = [workdir / "metrics.json"]
   io.write_json(paths[0], metrics)
   if model.modality == "video":
-    paths.append(workdir / "recon.mp4")
+    paths.append(workdir / f"{picture_name}.mp4")
     write_mp4(paths[-1], result.picture)
   else:
-    paths.append(workdir / "recon_grid.png")
+    paths.append(workdir / f"{picture_name}_grid.png")
     save_png(paths[-1], result.picture)
   if model.has_words:
     paths.append(workdir / "words.md")
@@ -105,7 +107,8 @@ def run_outputs(workdir: str) -> list[str]:
   """What a training run leaves in `workdir`, by name, in reading order (those present)."""
   workdir = epath.Path(workdir)
   present = {p.name for p in workdir.iterdir()} if workdir.is_dir() else set()
-  first = ["metrics.json", "stage_metrics.json", "recon_grid.png", "recon.mp4", "words.md"]
+  first = ["metrics.json", "stage_metrics.json", "recon_grid.png", "recon.mp4",
+           "samples_grid.png", "samples.mp4", "words.md"]
   names = [n for n in first if n in present]
   names += sorted(n for n in present if n.startswith("recon_") and n.endswith(".mp4"))
   names += sorted((n for n in present if n.startswith("eval_") and n.endswith(".json")),
@@ -138,6 +141,15 @@ def run_summary(metrics: dict[str, Any], workdir: str, seconds: float) -> str:
              else "before training, with the run as it was")
     return (f"Preempted (SIGTERM) {where}; run the same command again to resume.\n"
             f"Run directory: {workdir}")
+  if "num_samples" in metrics:  # a generator
+    fd = ", ".join(f"{name} {metrics[key]:.1f}" for key, name in
+                   (("fd_vgg", "FD-VGG"), ("gfid", "gFID"), ("gfvd", "gFVD")) if key in metrics)
+    return "\n".join([
+        f"Step {metrics['step']} in {minutes(seconds)} ({minutes(metrics['train_seconds'])} "
+        f"training), {metrics['parameters']:,} parameters.",
+        f"{metrics['num_samples']} samples against the tokenizer's held-out data: "
+        f"{fd or 'no feature network'}; {metrics.get('unique_sequences', '?')} distinct.",
+        f"Wrote in {workdir}: " + ", ".join(run_outputs(workdir))])
   count = metrics.get("num_images", metrics.get("num_clips"))
   what = "images" if "num_images" in metrics else "clips"
   lines = [f"Step {metrics['step']} in {minutes(seconds)} ({minutes(metrics['train_seconds'])} "

@@ -1,0 +1,205 @@
+"""The generation evaluator: samples token sequences with a generator's parameters, decodes
+them with the tokenizer that made its token dataset, and scores the pictures against that
+tokenizer run's held-out data.
+
+  FD-VGG  Fréchet distance of VGG16 relu5_3 features (LPIPS's trunk, averaged over space)
+          of samples and held-out images (or clip frames): offline, not comparable to FID
+  gFID    the same on FID-InceptionV3 pool3 features, with the user's Inception file
+          (config.eval.inception_weights); images only
+  gFVD    on I3D Kinetics-400 logits of clips (video tokenizers)
+
+The tokenizer is the one the token dataset records (or config.tokens.tokenizer_workdir);
+its weights must hash as recorded, so samples are never decoded by other weights. The
+same scoring applies to any sequences in the dataset's layout (`score_sequences`): the
+generate job's baselines use it on real training tokens and on tokens drawn from their
+per-position marginals. Few samples (hundreds) make a Fréchet distance biased upwards;
+compare only numbers computed on the same count.
+"""
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sweet_jax import experiment as experiment_lib, parallel
+from sweet_jax.data import streams, tokens as token_data
+from sweet_jax.evaluate import frechet
+from sweet_jax.evaluate.evaluator import EvalResult
+from sweet_jax.evaluate.images import make_grid, to_uint8
+from sweet_jax.nets import frozen as frozen_lib
+from sweet_jax.nets.i3d import fvd_preprocess
+from sweet_jax.nets.lpips import LPIPS, pooled_vgg_features
+from sweet_jax.step import model_to_unit
+
+# Metric name -> the feature it compares.
+METRICS = {"fd_vgg": "vgg", "gfid": "inception", "gfvd": "i3d"}
+
+
+class GenerationEvaluator:
+  """`run(params, step) -> EvalResult` for a generator `Experiment` (kind "generator")."""
+
+  def __init__(self, experiment: experiment_lib.Experiment, *, num_samples: int | None = None,
+               num_shown: int | None = None):
+    e = experiment
+    if e.kind != "generator":
+      raise ValueError("GenerationEvaluator scores generators; use ReconstructionEvaluator")
+    config = e.config
+    self.experiment = e
+    self.num_samples = num_samples or config.eval.num_samples
+    self.num_shown = config.num_summary_images if num_shown is None else num_shown
+    self.batch_size = config.eval_batch_size
+    record = e.token_metadata["tokenizer"]
+    workdir = config.tokens.tokenizer_workdir or record["workdir"]
+    tok_config = ml_collections.ConfigDict(json.loads(record["config"]))
+    with tok_config.unlocked():  # data parallel over the generator's devices
+      tok_config.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
+      tok_config.batch_size = tok_config.eval_batch_size = self.batch_size
+      if "curriculum" in tok_config:
+        for stage in tok_config.curriculum.stages.values():
+          stage.batch_size = self.batch_size
+      tok_config.eval.lpips = config.eval.lpips
+      tok_config.eval.fvd = config.eval.fvd
+      tok_config.eval.i3d_weights = config.eval.i3d_weights
+      tok_config.eval.inception_weights = config.eval.inception_weights
+    devices = list(e.mesh.devices.flat)
+    self.tokenizer = experiment_lib.build(tok_config, devices=devices, workdir=workdir,
+                                          frozen_networks=False)
+    state, self.tokenizer_step = self.tokenizer.restore(workdir, record["step"],
+                                                        purpose="decoding samples")
+    self.tokenizer_params = state.eval_params
+    del state
+    found = token_data.params_fingerprint(jax.device_get(self.tokenizer_params))
+    if found != record["params_sha256"]:
+      raise token_data.TokenDatasetError(
+          f"the tokenizer in {workdir} (step {record['step']}) is not the one that made "
+          f"{config.tokens.dir}: its weights hash {found[:12]}, the dataset records "
+          f"{record['params_sha256'][:12]}; set --config.tokens.tokenizer_workdir")
+    self.nets = frozen_lib.load(tok_config, self.tokenizer.mesh, modality=e.modality,
+                                perceptual=False, alignment_width=None)
+    self.features = tuple(name for name, net in (("vgg", self.nets.lpips),
+                                                 ("inception", self.nets.inception),
+                                                 ("i3d", self.nets.i3d)) if net is not None)
+    self._decode = jax.jit(self._decode_and_features)
+    self._real = jax.jit(self._features)
+    self._reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+  @property
+  def shown_model(self):
+    """The tokenizer whose tokens the results show (words readouts)."""
+    return self.tokenizer.model
+
+  # -- device functions ------------------------------------------------------------
+
+  def _features(self, pixels: jax.Array, frozen: dict[str, Any]) -> dict[str, jax.Array]:
+    """Features of pixels in [0, 1] (images [B, S, S, 3] or clips [B, T, S, S, 3])."""
+    out = {}
+    frames = pixels.reshape((-1,) + pixels.shape[-3:])
+    if self.nets.lpips is not None:
+      taps = self.nets.lpips.apply({"params": frozen["lpips"]}, frames * 2 - 1,
+                                   method=LPIPS.trunk_features)
+      out["vgg"] = pooled_vgg_features(taps)
+    if self.nets.inception is not None and pixels.ndim == 4:
+      out["inception"] = self.nets.inception.apply(frozen["inception"], pixels)
+    if self.nets.i3d is not None and pixels.ndim == 5:
+      out["i3d"] = self.nets.i3d.apply(frozen["i3d"], fvd_preprocess(pixels))
+    return out
+
+  def _decode_and_features(self, params: Any, indices: Any, frozen: dict[str, Any]):
+    model = self.tokenizer.model
+    x = model.apply({"params": params}, indices, method=model.decode_from_indices)
+    pixels = model_to_unit(x)
+    return pixels, self._features(pixels, frozen)
+
+  # -- scoring ---------------------------------------------------------------------
+
+  def reference_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(mean, covariance) per feature of the tokenizer run's held-out data (computed once)."""
+    if self._reference is None:
+      tok = self.tokenizer
+      data = streams.eval_data(tok.config, tok.modality)
+      hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+      batches = streams.eval_batches(data, tok.modality, data.eval_split, self.batch_size, hosts)
+      stats = {name: frechet.FeatureStats() for name in self.features}
+      with parallel.run_context(tok.mesh, tok.rules):
+        for batch in batches:
+          key = "video" if "video" in batch else "image"
+          pixels = jnp.asarray(batch[key], jnp.float32) / 255.0
+          mask = np.asarray(batch["mask"])
+          for name, value in jax.device_get(self._real(pixels, self.nets.params)).items():
+            value = np.asarray(value).reshape(len(mask), -1, value.shape[-1])[mask]
+            stats[name].add(value.reshape(-1, value.shape[-1]))
+      self._reference = {name: s.mean_and_covariance() for name, s in stats.items()}
+    return self._reference
+
+  def score_sequences(self, sequences: np.ndarray) -> tuple[dict[str, float], np.ndarray, Any]:
+    """Flat sequences [N, seq_len] (the token dataset's layout) -> (metrics, the decoded
+    pictures of the first `num_shown`, uint8, and their tokenizer indices)."""
+    layout = self.experiment.layout
+    stats = {name: frechet.FeatureStats() for name in self.features}
+    shown, shown_indices = [], []
+    tok = self.tokenizer
+    with parallel.run_context(tok.mesh, tok.rules):
+      for start in range(0, len(sequences), self.batch_size):
+        part = np.asarray(sequences[start:start + self.batch_size])
+        count = len(part)
+        if count < self.batch_size:  # a fixed batch shape: one compile
+          part = np.concatenate([part, np.repeat(part[-1:], self.batch_size - count, 0)])
+        by_branch = layout.unflatten(part)
+        indices = by_branch if tok.modality == "video" else by_branch["spatial"]
+        pixels, features = jax.device_get(self._decode(self.tokenizer_params, indices,
+                                                       self.nets.params))
+        for name, value in features.items():
+          value = np.asarray(value).reshape(len(part), -1, value.shape[-1])[:count]
+          stats[name].add(value.reshape(-1, value.shape[-1]))
+        if sum(len(s) for s in shown) < self.num_shown:
+          shown.append(to_uint8(np.asarray(pixels)[:count]))
+          shown_indices.append(jax.tree.map(lambda a: np.asarray(a)[:count], indices))
+    reference = self.reference_statistics()
+    metrics: dict[str, float] = {"num_samples": int(len(sequences))}
+    for metric, feature in METRICS.items():
+      if feature in stats and stats[feature].count >= 2:
+        metrics[metric] = frechet.frechet_distance(*reference[feature],
+                                                   *stats[feature].mean_and_covariance())
+    pictures = np.concatenate(shown)[:self.num_shown] if shown else np.zeros((0,), np.uint8)
+    indices = jax.tree.map(lambda *a: np.concatenate(a)[:self.num_shown], *shown_indices)
+    return metrics, pictures, indices
+
+  def sample(self, params: Any, num: int, seed: int = 0) -> np.ndarray:
+    """`num` sequences [num, seq_len] (classes in turn; deterministic per seed)."""
+    e = self.experiment
+    num_classes = e.model.num_classes
+    out = []
+    for i, start in enumerate(range(0, num, self.batch_size)):
+      labels = (np.arange(start, start + self.batch_size) % max(num_classes, 1)).astype(np.int32)
+      rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+      with parallel.run_context(e.mesh, e.rules):
+        labels = jax.device_put(labels, e.batch_sharding)
+        out.append(np.asarray(jax.device_get(e.eval_step(params, labels, rng))))
+    return np.concatenate(out)[:num]
+
+  def run(self, params: Any, step: int) -> EvalResult:
+    """Samples `num_samples` (the same seed every time: comparable across steps), decodes
+    and scores them; the picture is a grid of the first `num_shown`."""
+    sequences = self.sample(params, self.num_samples, seed=self.experiment.config.seed + 1)
+    metrics, pictures, indices = self.score_sequences(sequences)
+    metrics["unique_sequences"] = int(len(np.unique(sequences, axis=0)))
+    return EvalResult(step=int(step), dataset=str(self.experiment.config.tokens.dir),
+                      split="samples", metrics=metrics, picture=sample_picture(pictures),
+                      shown_indices=indices, reference_statistics="computed")
+
+
+def sample_picture(pictures: np.ndarray, per_row: int = 8) -> np.ndarray:
+  """A grid of sampled images (rows of `per_row`), or for clips a video whose frames are
+  such grids."""
+  if pictures.size == 0:
+    return np.zeros((1, 1, 3), np.uint8)
+  if pictures.ndim == 5:  # clips [N, T, S, S, 3] -> frames of grids
+    return np.stack([sample_picture(pictures[:, t], per_row) for t in range(pictures.shape[1])])
+  rows = [pictures[i:i + per_row] for i in range(0, len(pictures), per_row)]
+  if len(rows) > 1 and len(rows[-1]) < per_row:
+    pad = np.full((per_row - len(rows[-1]),) + rows[-1].shape[1:], 255, np.uint8)
+    rows[-1] = np.concatenate([rows[-1], pad])
+  return make_grid(rows)
