@@ -280,6 +280,9 @@ def generator_base_config() -> ml_collections.ConfigDict:
       inception_weights=config_dict.placeholder(str),
       reference_cache=config_dict.placeholder(str),
       every_steps=0,
+      # The final evaluation also scores real training tokens decoded and tokens drawn
+      # from their per-position marginals (evaluate/generation.py `baselines`).
+      baselines=True,
   ))
   c.on_nonfinite = "halt"
   c.max_consecutive_nonfinite = 10

@@ -242,6 +242,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.warning("Preempted: stopped at step %d with its checkpoint written", step)
       return {"step": step, "preempted": True, "train_seconds": round(train_seconds, 1)}
     final = last_result if last_result is not None and step == total else summarize(step, "final")
+  if e.kind == "generator" and config.eval.baselines:
+    final.metrics.update(held_out.baselines())
   eval_metrics = dict(final.metrics, step=step, parameters=num_parameters,
                       train_seconds=round(train_seconds, 1),
                       nonfinite_steps=guard.total,

@@ -28,6 +28,7 @@ LAYERS = {
     "sweet_jax.train": 8, "sweet_jax.api": 8,
     "sweet_jax.plan": 9, "sweet_jax.bench": 9, "sweet_jax.compare": 9, "sweet_jax.words": 9,
     "sweet_jax.reconstruct": 9, "sweet_jax.evaluate.__main__": 9, "sweet_jax.tokenize": 9,
+    "sweet_jax.sample": 9,
     "sweet_jax.main": 10,
 }
 FACADE = "sweet_jax"  # the package's __init__: sweet_jax.load_tokenizer, imported lazily

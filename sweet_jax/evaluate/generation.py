@@ -34,6 +34,7 @@ from sweet_jax.nets.i3d import fvd_preprocess
 from sweet_jax.nets.lpips import LPIPS, pooled_vgg_features
 from sweet_jax.step import model_to_unit
 
+MARGINAL_EXAMPLES = 10_000
 # Metric name -> the feature it compares.
 METRICS = {"fd_vgg": "vgg", "gfid": "inception", "gfvd": "i3d"}
 
@@ -134,9 +135,11 @@ class GenerationEvaluator:
       self._reference = {name: s.mean_and_covariance() for name, s in stats.items()}
     return self._reference
 
-  def score_sequences(self, sequences: np.ndarray) -> tuple[dict[str, float], np.ndarray, Any]:
+  def score_sequences(self, sequences: np.ndarray, with_metrics: bool = True
+                      ) -> tuple[dict[str, float], np.ndarray, Any]:
     """Flat sequences [N, seq_len] (the token dataset's layout) -> (metrics, the decoded
-    pictures of the first `num_shown`, uint8, and their tokenizer indices)."""
+    pictures of the first `num_shown`, uint8, and their tokenizer indices). Without
+    `with_metrics`, only the pictures and indices (no reference statistics)."""
     layout = self.experiment.layout
     stats = {name: frechet.FeatureStats() for name in self.features}
     shown, shown_indices = [], []
@@ -157,9 +160,11 @@ class GenerationEvaluator:
         if sum(len(s) for s in shown) < self.num_shown:
           shown.append(to_uint8(np.asarray(pixels)[:count]))
           shown_indices.append(jax.tree.map(lambda a: np.asarray(a)[:count], indices))
-    reference = self.reference_statistics()
     metrics: dict[str, float] = {"num_samples": int(len(sequences))}
+    reference = self.reference_statistics() if with_metrics else {}
     for metric, feature in METRICS.items():
+      if feature not in reference:
+        continue
       if feature in stats and stats[feature].count >= 2:
         metrics[metric] = frechet.frechet_distance(*reference[feature],
                                                    *stats[feature].mean_and_covariance())
@@ -167,18 +172,49 @@ class GenerationEvaluator:
     indices = jax.tree.map(lambda *a: np.concatenate(a)[:self.num_shown], *shown_indices)
     return metrics, pictures, indices
 
-  def sample(self, params: Any, num: int, seed: int = 0) -> np.ndarray:
-    """`num` sequences [num, seq_len] (classes in turn; deterministic per seed)."""
+  def labels(self, num: int, classes: np.ndarray | None = None) -> np.ndarray:
+    """`num` labels taking `classes` (default: every class) in turn; zeros for an
+    unconditional model."""
+    num_classes = self.experiment.model.num_classes
+    if num_classes == 0:
+      return np.zeros(num, np.int32)
+    classes = np.arange(num_classes) if classes is None else np.asarray(classes)
+    return classes[np.arange(num) % len(classes)].astype(np.int32)
+
+  def sample(self, params: Any, num: int, seed: int = 0,
+             labels: np.ndarray | None = None) -> np.ndarray:
+    """`num` sequences [num, seq_len] for `labels` (default: classes in turn);
+    deterministic per seed."""
     e = self.experiment
-    num_classes = e.model.num_classes
+    labels = self.labels(num) if labels is None else np.asarray(labels, np.int32)
+    padded = np.concatenate([labels, np.zeros(-num % self.batch_size, np.int32)])
     out = []
     for i, start in enumerate(range(0, num, self.batch_size)):
-      labels = (np.arange(start, start + self.batch_size) % max(num_classes, 1)).astype(np.int32)
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
       with parallel.run_context(e.mesh, e.rules):
-        labels = jax.device_put(labels, e.batch_sharding)
-        out.append(np.asarray(jax.device_get(e.eval_step(params, labels, rng))))
+        batch = jax.device_put(padded[start:start + self.batch_size], e.batch_sharding)
+        out.append(np.asarray(jax.device_get(e.eval_step(params, batch, rng))))
     return np.concatenate(out)[:num]
+
+  def baselines(self, split: str | None = None, seed: int = 0) -> dict[str, float]:
+    """The scores that bracket a generator, on as many sequences as `run` scores:
+    real training tokens decoded (`real_tokens_*`: the tokenizer's ceiling) and tokens
+    drawn independently per position from those tokens' marginal frequencies
+    (`marginal_*`: what a generator must beat to have learned any structure)."""
+    e = self.experiment
+    source = token_data.token_source(e.config.tokens.dir, split or e.config.tokens.train_split)
+    rng = np.random.default_rng(seed)
+    # The marginals from up to MARGINAL_EXAMPLES random training examples.
+    count = min(len(source), max(self.num_samples, MARGINAL_EXAMPLES))
+    examples = [source[int(i)] for i in rng.choice(len(source), size=count, replace=False)]
+    real = e.layout.flatten({b: np.stack([x[b] for x in examples]) for b in e.layout.shapes})
+    marginal = np.stack([real[rng.integers(0, len(real), self.num_samples), j]
+                         for j in range(real.shape[1])], axis=1)
+    out = {}
+    for name, sequences in (("real_tokens", real[:self.num_samples]), ("marginal", marginal)):
+      metrics, _, _ = self.score_sequences(sequences)
+      out.update({f"{name}_{k}": v for k, v in metrics.items() if k in METRICS})
+    return out
 
   def run(self, params: Any, step: int) -> EvalResult:
     """Samples `num_samples` (the same seed every time: comparable across steps), decodes
