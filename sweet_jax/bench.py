@@ -7,11 +7,15 @@ machine's measured matmul ceiling, compile time and peak memory.
 Every distinct train step of the config is timed (one per curriculum-stage variant:
 images, clips, clips with the perceptual and GAN terms), on synthetic uint8 batches of
 the stage's shape (the data pipeline is not timed), with the same jitted step,
-shardings and donation as training. `--devices` sweeps data parallelism over that many
+shardings and donation as training. A generator's config (configs/ar_generator.py,
+configs/maskgit.py) times its train step on random token sequences of its token dataset's
+layout, and its sampler: tokens/s and samples/s, for the AR transformer both with the
+KV cache and with full recomputation at every position. `--devices` sweeps data parallelism over that many
 of this process's devices (virtual CPU devices are added as needed: the sweep measures
 partitioning overhead on this CPU, not scaling).
 """
 
+import functools
 import resource
 import statistics
 import time
@@ -84,9 +88,12 @@ def benchmark(config, steps: int, devices=None, ceiling: float | None = None) ->
     if keys[stage.name] in timed:
       continue
     timed.add(keys[stage.name])
-    key_name, shape = streams.batch_shape(config, stage)
-    batch = parallel.to_global({key_name: rng.integers(0, 256, shape, dtype=np.uint8)},
-                               c.batch_sharding)
+    if stage.data == "tokens":
+      local = random_token_batch(c, stage.batch_size, rng)
+    else:
+      key_name, shape = streams.batch_shape(config, stage)
+      local = {key_name: rng.integers(0, 256, shape, dtype=np.uint8)}
+    batch = parallel.to_global(local, c.batch_sharding)
     times, compile_s, gflop, state = _time_steps(step, state, batch, steps)
     median = statistics.median(times)
     achieved = gflop / median
@@ -108,6 +115,57 @@ def benchmark(config, steps: int, devices=None, ceiling: float | None = None) ->
         "compile_s": compile_s,
         "peak_rss_mb": peak_rss_mb(),
     })
+  if c.kind == "generator":
+    rows += benchmark_sampling(c, state.params, max(2, steps // 5))
+  return rows
+
+
+def random_token_batch(e, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Token sequences drawn uniformly inside each position's id range, and labels."""
+  if e.layout is not None:
+    ranges = e.layout.allowed_ranges()
+  else:  # a config that sizes the model itself (no token dataset)
+    vocab = e.config.model.vocab_size
+    ranges = np.tile([0, vocab], (e.config.model.seq_len, 1))
+  tokens = ranges[:, 0] + rng.integers(0, 1 << 30, (batch_size, len(ranges))) % (
+      ranges[:, 1] - ranges[:, 0])
+  labels = rng.integers(0, max(e.config.model.num_classes, 1), batch_size)
+  return {"tokens": tokens.astype(np.int32), "label": labels.astype(np.int32)}
+
+
+def benchmark_sampling(e, params, reps: int) -> list[dict]:
+  """Sampling throughput rows: the run's sampler (the AR one with its KV cache), and for
+  the AR transformer the same draws by full recomputation at every position."""
+  from sweet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from sweet_jax.sampling import ar as ar_sampling  # pylint: disable=g-import-not-at-top
+  batch = e.config.eval_batch_size
+  seq_len = e.config.model.seq_len or e.layout.seq_len
+  samplers = {"kv_cache" if e.config.model.name == "ar" else "maskgit": e.eval_step}
+  if e.config.model.name == "ar":
+    ranges = e.layout.allowed_ranges() if e.layout is not None else None
+    full = functools.partial(ar_sampling.sample, e.model, allowed_ranges=ranges,
+                             use_cache=False, **e.config.sampling)
+    samplers["recompute"] = parallel.BoundStep(
+        jax.jit(lambda p, labels, key, frozen: full(p, labels, key),
+                in_shardings=(e.state_sharding.params, e.batch_sharding,
+                              parallel.replicated(e.mesh), {})), {}, e.mesh, e.rules)
+  labels = jax.device_put(np.zeros(batch, np.int32), e.batch_sharding)
+  rows = []
+  for name, sampler in samplers.items():
+    t = time.perf_counter()
+    jax.block_until_ready(sampler(params, labels, jax.random.PRNGKey(0)))
+    first = time.perf_counter() - t
+    times = []
+    for i in range(reps):
+      t = time.perf_counter()
+      jax.block_until_ready(sampler(params, labels, jax.random.PRNGKey(i + 1)))
+      times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    rows.append({"config": f"{e.config.model.name}:sampling", "stage": name,
+                 "devices": len(e.mesh.devices.flat), "batch_size": batch,
+                 "seq_len": seq_len, "sample_median_s": median,
+                 "samples_per_s": batch / median, "tokens_per_s": batch * seq_len / median,
+                 "compile_s": first - median, "peak_rss_mb": peak_rss_mb()})
   return rows
 
 
@@ -118,10 +176,26 @@ COLUMNS = [("config", "{}"), ("stage", "{}"), ("devices", "{}"), ("batch_size", 
            ("compile_s", "{:.1f}"), ("peak_rss_mb", "{:.0f}")]
 
 
+SAMPLING_COLUMNS = [("config", "{}"), ("stage", "{}"), ("devices", "{}"), ("batch_size", "{}"),
+                    ("seq_len", "{}"), ("sample_median_s", "{:.3f}"),
+                    ("samples_per_s", "{:.2f}"), ("tokens_per_s", "{:.0f}"),
+                    ("compile_s", "{:.1f}"), ("peak_rss_mb", "{:.0f}")]
+
+
 def format_table(rows: list[dict]) -> str:
-  cells = [[name for name, _ in COLUMNS]] + [[fmt.format(r[name]) for name, fmt in COLUMNS]
+  """The train-step rows as a table, then the sampling rows (if any) as another."""
+  steps = [r for r in rows if "step_median_s" in r]
+  sampling = [r for r in rows if "sample_median_s" in r]
+  tables = [_table(steps, COLUMNS)] if steps else []
+  if sampling:
+    tables.append(_table(sampling, SAMPLING_COLUMNS))
+  return "\n\n".join(tables)
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+  cells = [[name for name, _ in columns]] + [[fmt.format(r[name]) for name, fmt in columns]
                                             for r in rows]
-  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
   lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells]
   lines.insert(1, "  ".join("-" * w for w in widths))
   return "\n".join(lines)

@@ -86,8 +86,14 @@ def plan(config, only_stages: list[str] | None = None) -> dict[str, Any]:
     step = c.stage_steps[stage.name]
     key = keys[stage.name]
     if key not in compiled_by_step:
-      key_name, shape = streams.batch_shape(config, stage)
-      batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
+      if stage.data == "tokens":  # a generator: token sequences and labels
+        batch = {"tokens": jax.ShapeDtypeStruct((stage.batch_size, c.model.seq_len), np.int32,
+                                                sharding=c.batch_sharding),
+                 "label": jax.ShapeDtypeStruct((stage.batch_size,), np.int32,
+                                               sharding=c.batch_sharding)}
+      else:
+        key_name, shape = streams.batch_shape(config, stage)
+        batch = {key_name: jax.ShapeDtypeStruct(shape, np.uint8, sharding=c.batch_sharding)}
       compiled = step.lower(state, batch).compile().jitted
       analysis = compiled.memory_analysis()
       compiled_by_step[key] = {

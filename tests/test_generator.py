@@ -103,3 +103,13 @@ def test_sharded_generator_step_equals_one_device(token_dir, module):
   np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), results[0][0],
                results[1][0])
+
+
+def test_bench_times_the_generator_step_and_both_samplers(token_dir):
+  from sweet_jax import bench
+  rows = bench.benchmark(generator_config(token_dir), steps=1, devices=jax.devices()[:1],
+                         ceiling=100.0)
+  assert [r["stage"] for r in rows] == ["train", "kv_cache", "recompute"]
+  assert rows[0]["gflop_per_step"] > 0 and rows[1]["tokens_per_s"] > 0
+  table = bench.format_table(rows)
+  assert "tokens_per_s" in table and "step_median_s" in table

@@ -46,8 +46,6 @@ def train_iterator(config: ml_collections.ConfigDict, stage: Stage, index: int, 
 def batch_shape(config: ml_collections.ConfigDict, stage: Stage) -> tuple[str, tuple[int, ...]]:
   """The key and global uint8 shape of a stage's training batches (what its iterator
   yields, assembled over the hosts): for the planner and the benchmark."""
-  if stage.data == "tokens":
-    return "tokens", (stage.batch_size, config.model.seq_len)
   if stage.data == "image":
     size = config.data.image_size
     return "image", (stage.batch_size, size, size, 3)
