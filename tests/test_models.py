@@ -218,3 +218,36 @@ def test_bad_compute_options_are_named(field, value, message):
   model = build_model("cqae_image", **SMALL, **{field: value})
   with pytest.raises(ValueError, match=message):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_edge_padded_smoothing_keeps_a_flat_image_flat():
+  """A blurring kernel on a flat image: zero padding pulls the border towards 0 (mid-gray
+  in [-1, 1]); edge padding keeps it."""
+  from sweet_jax.models.cqae import PixelSmoothing
+  image = jnp.full((1, 6, 6, 3), 0.8)
+  for padding, border_kept in (("zeros", False), ("edge", True)):
+    module = PixelSmoothing(padding=padding)
+    params = module.init(jax.random.key(0), image)["params"]
+    params = nn.unbox(params)
+    params["Conv_0"]["kernel"] = jnp.full((3, 3, 3, 3), 1 / 27)  # mean over 3x3x3
+    out = module.apply({"params": params}, image)
+    np.testing.assert_allclose(out[0, 2:4, 2:4], 0.8, atol=1e-6)  # inside: always flat
+    assert np.allclose(out[0, 0, 0], 0.8, atol=1e-6) == border_kept
+
+
+def test_global_color_starts_as_a_no_op_and_shifts_every_pixel():
+  fields = dict(image_size=16, patch_size=8, width=16, num_heads=2, encoder_depth=1,
+                decoder_depth=1, num_queries=4, codebook_size=8, code_dim=4)
+  plain = build_model("cqae_image", **fields)
+  colour = build_model("cqae_image", **fields, global_color=True)
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+  params = nn.unbox(colour.init(jax.random.key(0), x)["params"])
+  without = {k: v for k, v in params.items()}
+  without["decoder"] = {k: v for k, v in params["decoder"].items()
+                        if k not in ("to_color", "color_norm")}
+  np.testing.assert_allclose(colour.apply({"params": params}, x)[0],
+                             plain.apply({"params": without}, x)[0], atol=1e-6)
+  params["decoder"]["to_color"]["bias"] = jnp.array([0.1, -0.2, 0.3])
+  shifted = colour.apply({"params": params}, x)[0] - plain.apply({"params": without}, x)[0]
+  np.testing.assert_allclose(shifted, jnp.broadcast_to(jnp.array([0.1, -0.2, 0.3]),
+                                                       shifted.shape), atol=1e-5)

@@ -139,6 +139,8 @@ class QueryDecoder(nn.Module):
   num_queries: int
   attention_prior: bool
   position_conv: bool
+  global_color: bool = False
+  smoothing_padding: Literal["zeros", "edge"] = "zeros"
   compute: ComputeOptions = ComputeOptions()
 
   @nn.compact
@@ -165,7 +167,15 @@ class QueryDecoder(nn.Module):
     x = LayerNorm(name="ln_post")(x)
     pixels = _dense(self.patch_size**2 * 3, ("embed", "patch"), "to_pixels")(x)
     images = unpatchify(pixels, self.patch_size, self.image_size, self.image_size)
-    return PixelSmoothing(name="smooth_pixels")(images)
+    if self.global_color:
+      # One colour offset per image from the pooled latents: the per-patch head must
+      # otherwise agree on a shared colour patch by patch.
+      pooled = LayerNorm(name="color_norm")(jnp.mean(latents[-1], axis=1))
+      offset = nn.Dense(3, kernel_init=param_init(nn.initializers.zeros, ("embed", None)),
+                        bias_init=param_init(nn.initializers.zeros, (None,)),
+                        name="to_color")(pooled)
+      images = images + offset[:, None, None, :]
+    return PixelSmoothing(padding=self.smoothing_padding, name="smooth_pixels")(images)
 
 
 def _dirac_init(key, shape, dtype=jnp.float32):
@@ -178,12 +188,18 @@ def _dirac_init(key, shape, dtype=jnp.float32):
 class PixelSmoothing(nn.Module):
   """A 3x3 RGB->RGB convolution after unpatchify (TiTok's non-legacy pixel head ends
   the same way): lets the decoder blend across patch borders, which a per-patch linear
-  head cannot. Initialised as the identity, so it starts as a no-op."""
+  head cannot. Initialised as the identity, so it starts as a no-op. `padding="zeros"` is
+  TiTok's; `"edge"` repeats the border pixels, so the border is not pulled towards zero
+  (mid-gray)."""
+
+  padding: Literal["zeros", "edge"] = "zeros"
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     channels = images.shape[-1]
-    return nn.Conv(channels, (3, 3), padding="SAME",
+    if self.padding == "edge":
+      images = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    return nn.Conv(channels, (3, 3), padding="SAME" if self.padding == "zeros" else "VALID",
                    kernel_init=param_init(_dirac_init, (None, None, None, None)),
                    bias_init=param_init(nn.initializers.zeros, (None,)))(images)
 
@@ -225,6 +241,10 @@ class ImageCQAE(ImageTokenizer):
   code_dim: int = 16
   attention_prior: bool = True
   position_conv: bool = True
+  # Decoder options beyond the official design (ours, off by default): a per-image colour
+  # offset from the pooled latents, and edge padding for the final 3x3 convolution.
+  global_color: bool = False
+  smoothing_padding: Literal["zeros", "edge"] = "zeros"
   quantizer_type: Literal["vq", "mlc"] = "vq"
   # MLC only: the spatial word group (adjectives, nouns), the codebook's origin
   # ("language": GCN over word vectors; "learned": a free table of the same shape),
@@ -258,7 +278,8 @@ class ImageCQAE(ImageTokenizer):
     self.quantizer = self.make_quantizer()
     self.decoder = QueryDecoder(self.image_size, self.patch_size, self.width, self.decoder_depth,
                                 self.num_heads, self.mlp_ratio, self.num_queries,
-                                self.attention_prior, self.position_conv, compute)
+                                self.attention_prior, self.position_conv, self.global_color,
+                                self.smoothing_padding, compute)
 
   def encode(self, images: jax.Array) -> jax.Array:
     """Images [B,S,S,3] in [-1,1] -> continuous latents [B,Q,d]."""
