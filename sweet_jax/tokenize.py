@@ -214,7 +214,10 @@ def tokenize(workdir: str, out: str, *, dataset: str | None = None, split: str |
   source = pipeline.get_data_source(dataset, split, data_dir)
   settings = split_settings(dataset, split, len(source), crops_per_image, crop_scale, flip,
                             seed, shard_size)
-  first = next(shard_examples(source, tok, 0, {**settings, "num_examples": 1}))
+  first = next(shard_examples(source, tok, 0, {**settings, "num_examples": 1}), None)
+  if first is None:
+    raise ValueError(f"the first example of {dataset} {split} cannot be read (see the "
+                     "warning above); the token layout is taken from it")
   shapes = {b: tuple(x.shape[1:]) for b, x in _by_branch(tok.encode([first[1]])).items()}
   groups = tok.model.index_groups()
   groups = groups if set(groups) == set(shapes) else {"spatial": groups}
