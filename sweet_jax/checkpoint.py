@@ -268,7 +268,8 @@ def restore_run_state(workdir: str, target: Any, step: int | None = None, *,
   `target` (ShapeDtypeStructs with shardings) without a data iterator: for readouts and
   evaluation. `purpose` ends the error message when there is no checkpoint (e.g. " to
   evaluate"). Reads only: a workdir without checkpoints is an error, not created."""
-  directory = existing_checkpoints(workdir, purpose)
+  # (orbax reads a relative local path's metadata wrongly: made absolute, as the trainer's)
+  directory = existing_checkpoints(io.absolute(workdir), purpose)
   checkpointer = Checkpointer(str(directory), max_to_keep=1, save_interval_steps=1)
   try:
     step = checkpointer.latest_step() if step is None else step

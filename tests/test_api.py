@@ -197,3 +197,12 @@ def test_one_d_tokenizers_load_and_reconstruct(module, tmp_path, embedded_data_d
   assert decoded.shape == recons.shape and decoded.dtype == np.uint8
   if module is titok:  # a hard VQ: decoding the indices is the reconstruction
     np.testing.assert_allclose(decoded, recons, atol=1)
+
+
+def test_a_relative_run_directory_loads(image_run, monkeypatch):
+  """As the launch scripts pass it (workdirs/...): orbax needs the path made absolute."""
+  parent, name = os.path.split(image_run)
+  monkeypatch.chdir(parent)
+  tok = api.load_tokenizer(name)
+  absolute = api.load_tokenizer(image_run)
+  jax.tree.map(np.testing.assert_array_equal, tok.params, absolute.params)
