@@ -10,7 +10,13 @@ GPT, arXiv:2406.06525; sweet_jax/models/ar.py), trained on a token dataset writt
             transformer_generate.yaml and utils/lm_transformer.py): 24 layers, width 1536,
             16 heads, 3848 positions (1 class token + 3840 word ids + 8 markers - 1),
             101 classes, AdamW 1e-4, betas (0.9, 0.96), weight decay 0.03, 40k warmup
-            steps, cosine to 1e-5, label smoothing 0.1:
+            steps, cosine to 1e-5, label smoothing 0.1, global batch 64. Memory: 2 sequences
+            per device on 32 (mesh data 4 x fsdp 8, e.g. TPU v5p-64): the planner gives
+            31.5 GiB per device (python -m sweet_jax.plan --config=configs/ar_generator.py:ucf101
+            --mesh="(('data', 4), ('fsdp', 8), ('model', 1))"), thanks to the query-chunked
+            attention (attention_chunk; without it every layer's float32 attention logits,
+            [2, 16, 3848, 3848] per device, stayed alive for the backward pass: 112 GiB)
+            and remat "dots_no_batch" ("dots" would save those logits again):
             python -m sweet_jax.main --config=configs/ar_generator.py:ucf101 \
               --workdir=gs://BUCKET/ar_ucf101 --config.tokens.dir=gs://BUCKET/ucf_tokens
 
@@ -47,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       class_dropout=0.1,
       compute_dtype="float32",
       remat="none",
+      # Attention over this many queries at a time (nn/llama.py causal_attention): the
+      # float32 logits of one chunk, [B, heads, chunk, T], instead of [B, heads, T, T].
+      attention_chunk=512,
   ))
   # Sampling (sweet_jax/sampling/ar.py): temperature, top-k then top-p, and classifier-
   # free guidance (1.0: none); each position draws from its own part of speech's range.
@@ -75,7 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_summary_images = 4
   else:  # ucf101
     c.model.update(vocab_size=8 + 5078 + 5403 + 1872 + 9267, seq_len=3848, num_classes=101,
-                   width=1536, depth=24, num_heads=16, compute_dtype="bfloat16", remat="dots")
+                   width=1536, depth=24, num_heads=16, compute_dtype="bfloat16",
+                   remat="dots_no_batch")
     c.optim.update(lr=1e-4, warmup_steps=40_000, end_lr_fraction=0.1, b2=0.96,
                    weight_decay=0.03)
     c.total_steps = 400_000

@@ -16,7 +16,7 @@ from flax import linen as nn
 from configs.common import SHARDING_RULES
 from sweet_jax import parallel
 from sweet_jax.models.maskgit import (MaskGITTransformer, arccos_schedule, cosine_schedule,
-                                      mask_tokens, masked_cross_entropy)
+                                      mask_tokens, masked_cross_entropy, smoothed_cross_entropy)
 from sweet_jax.sampling.maskgit import guidance_scales, guided_logits, masked_counts, sample
 
 K, L, C = 20, 16, 5  # codebook, sequence length, classes
@@ -101,6 +101,26 @@ def test_masked_cross_entropy():
   weighted = masked_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask),
                                   eps, unmasked_weight=0.1)
   assert float(weighted) == pytest.approx((per_token * weights).sum() / weights.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_smoothed_cross_entropy_is_optax_without_a_one_hot(eps):
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(3, 4, 11)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, size=(3, 4)))
+
+  def reference(logits):
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, 11), eps)
+    return optax.softmax_cross_entropy(logits, labels)
+
+  ours = lambda logits: smoothed_cross_entropy(logits, targets, eps)
+  np.testing.assert_allclose(ours(logits), reference(logits), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda z: ours(z).sum())(logits),
+                             jax.grad(lambda z: reference(z).sum())(logits), atol=1e-6)
+  # bfloat16 logits are scored in float32, as the reference on float32 logits.
+  np.testing.assert_allclose(ours(logits.astype(jnp.bfloat16)),
+                             reference(logits.astype(jnp.bfloat16).astype(jnp.float32)),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_decoding_loop_invariants(params):

@@ -45,7 +45,13 @@ class ARTransformer(nn.Module):
   rope_theta: float = 1e4
   norm_epsilon: float = 1e-5
   compute_dtype: str = "float32"  # layers.ComputeOptions: float32 | bfloat16 matmuls
-  remat: str = "none"  # none | full | dots | dots_no_batch
+  # none | full | dots | dots_no_batch. "dots" also saves the attention's logits matmul
+  # (every chunk's: float32 [B, heads, T, T] per layer again); "dots_no_batch" saves the
+  # weight matmuls only and recomputes the attention.
+  remat: str = "none"
+  # Attention over this many queries at a time (nn/llama.py causal_attention): float32
+  # logits [B, heads, attention_chunk, T] instead of [B, heads, T, T]; 0: all at once.
+  attention_chunk: int = 512
 
   @property
   def null_class(self) -> int:
@@ -81,7 +87,7 @@ class ARTransformer(nn.Module):
         "token_embedding", param_init(init, ("vocab", "embed")), (self.vocab_size, self.width))
     self.blocks = [
         llama_block(compute, self.num_heads, self.hidden_dim, self.dropout, self.norm_epsilon,
-                    name=f"block_{i}")
+                    query_chunk=self.attention_chunk, name=f"block_{i}")
         for i in range(self.depth)]
     self.embedding_dropout = nn.Dropout(self.dropout)  # LlamaGen's tok_dropout
     self.final_norm = RMSNorm(self.norm_epsilon)

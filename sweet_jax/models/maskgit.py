@@ -32,7 +32,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 from sweet_jax.nn.layers import ComputeOptions, LayerNorm, block, learned_embedding, param_init
@@ -91,14 +90,29 @@ def mask_tokens(tokens: jax.Array, rng: jax.Array, mask_id: int, *, schedule: st
   return jnp.where(mask, mask_id, tokens).astype(tokens.dtype), mask
 
 
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array,
+                           label_smoothing: float = 0.0) -> jax.Array:
+  """Per-position cross-entropy [...] of logits [..., K] (computed in float32) against
+  integer targets [...] with labels smoothed as optax.smooth_labels does, (1 - s) one_hot
+  + s / K: optax.softmax_cross_entropy(logits, smooth_labels(one_hot(targets), s)) without
+  building the one-hot (and the smoothed labels) of the logits' shape. As the labels sum
+  to 1, -sum(labels * log_softmax(z)) = logsumexp(z) - (1 - s) z[target] - s mean(z)."""
+  logits = logits.astype(jnp.float32)
+  target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32),
+                                      axis=-1)[..., 0]
+  loss = jax.nn.logsumexp(logits, axis=-1) - (1.0 - label_smoothing) * target_logits
+  if label_smoothing:
+    loss = loss - label_smoothing * jnp.mean(logits, axis=-1)
+  return loss
+
+
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array,
                          label_smoothing: float = 0.0, unmasked_weight: float = 0.0) -> jax.Array:
   """Cross-entropy [B, L, K] vs [B, L] averaged over the masked positions: TiTok's
   `MLMLoss` (torch's CrossEntropyLoss label smoothing = optax.smooth_labels). Unmasked
   positions get weight `unmasked_weight` (TiTok's config uses 0.1; 0 scores the masked
   tokens only, MaskGIT §3.2)."""
-  labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
-  loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
+  loss = smoothed_cross_entropy(logits, targets, label_smoothing)
   weights = jnp.where(mask, 1.0, unmasked_weight)
   loss = jnp.where(weights > 0, loss * weights, 0.0)  # a zero weight ignores even inf
   return jnp.sum(loss) / (jnp.sum(weights) + 1e-8)

@@ -8,6 +8,7 @@ collection to thread through `apply`. Parameters carry logical axis names as in
 layers.py (embed, heads, kv, mlp).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -89,6 +90,59 @@ class SwiGLU(nn.Module):
     return ((nn.silu(gate) * up) @ down).astype(x.dtype)
 
 
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, query_positions: jax.Array,
+            key_positions: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim), keys after the query masked) v: q [B, N, H, K],
+  k and v [B, S, H, K] -> [B, N, H, K] in v's dtype. The logits and the softmax are
+  float32, the weights are cast to v's dtype for the second matmul."""
+  logits = jnp.einsum("bnhk,bshk->bhns", q, k, preferred_element_type=jnp.float32)
+  logits = logits * q.shape[-1]**-0.5
+  visible = key_positions[None, :] <= query_positions[:, None]
+  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhns,bshk->bnhk", weights, v)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, query_positions: jax.Array,
+                     key_positions: jax.Array, query_chunk: int = 0) -> jax.Array:
+  """Masked softmax attention of q [B, N, H, K] (at `query_positions` [N]) over k, v
+  [B, S, H, K] (at `key_positions` [S]): each query sees the keys at positions <= its own.
+
+  With `query_chunk` > 0 and N > query_chunk, the queries go through in ceil(N /
+  query_chunk) equal chunks (the last one padded) in a `lax.scan` whose body is
+  rematerialised: only one chunk's float32 logits [B, H, chunk, S] exist at a time, in
+  the forward pass and in the backward pass (which recomputes them chunk by chunk),
+  instead of [B, H, N, S] per layer kept for the gradient (1.76 GiB per layer for two
+  sequences of N = S = 3848 positions and 16 heads). Each query row's softmax is the same
+  computation either way: the result is identical up to float rounding in the backward
+  pass (k's and v's gradients are summed over the chunks, in float32)."""
+  length = q.shape[1]
+  if query_chunk <= 0 or length <= query_chunk:
+    return _attend(q, k, v, query_positions, key_positions)
+  num_chunks = -(-length // query_chunk)
+  size = -(-length // num_chunks)  # equal chunks, the padding < num_chunks
+  pad = num_chunks * size - length
+  batch, _, heads, head_dim = q.shape
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  query_positions = jnp.pad(query_positions, (0, pad), mode="edge")
+  chunks = q.reshape(batch, num_chunks, size, heads, head_dim).swapaxes(0, 1)
+  dtype = v.dtype
+  # k and v enter the loop as float32 (an exact cast) so that their gradients, summed
+  # over the chunks in the loop's carry, are summed in float32.
+  k32, v32 = k.astype(jnp.float32), v.astype(jnp.float32)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def chunk_attention(q_chunk, positions):
+    return _attend(q_chunk, k32.astype(k.dtype), v32.astype(dtype), positions, key_positions)
+
+  def body(carry, inputs):
+    return carry, chunk_attention(*inputs)
+
+  _, out = jax.lax.scan(body, None, (chunks, query_positions.reshape(num_chunks, size)))
+  out = out.swapaxes(0, 1).reshape(batch, num_chunks * size, heads, head_dim)
+  return out[:, :length]
+
+
 class CausalSelfAttention(nn.Module):
   """Causal multi-head self-attention with RoPE and an optional KV cache.
 
@@ -97,12 +151,14 @@ class CausalSelfAttention(nn.Module):
   full recomputation; start is then 0). With a cache of T slots, x's keys and values are
   written at `start` (a prompt of N tokens at 0 is the prefill; N = 1 a decode step) and
   x attends to every cached position up to its own. Projections are explicit
-  [embed, heads, kv] kernels without biases (LLaMA); the softmax is float32.
+  [embed, heads, kv] kernels without biases (LLaMA); the softmax is float32, over
+  `query_chunk` queries at a time (`causal_attention`).
   """
 
   num_heads: int
   head_dim: int
   dtype: jnp.dtype = jnp.float32  # compute dtype; the output is x's dtype
+  query_chunk: int = 0  # see causal_attention; 0: every query at once
 
   @nn.compact
   def __call__(self, x: jax.Array, angles: jax.Array, cache: KVCache | None = None,
@@ -133,12 +189,7 @@ class CausalSelfAttention(nn.Module):
       cache = KVCache(k, v)
       key_positions = jnp.arange(k.shape[1])
       k, v = k.astype(self.dtype), v.astype(self.dtype)
-    logits = jnp.einsum("bnhk,bshk->bhns", q, k, preferred_element_type=jnp.float32)
-    logits = logits * self.head_dim**-0.5
-    visible = key_positions[None, :] <= query_positions[:, None]
-    logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhns,bshk->bnhk", weights, v)
+    out = causal_attention(q, k, v, query_positions, key_positions, self.query_chunk)
     out_kernel = self.param("out_kernel", param_init(init, ("heads", "kv", "embed")),
                             heads + (width,))
     out = jnp.einsum("bnhk,hkd->bnd", out, out_kernel.astype(self.dtype))
@@ -156,6 +207,7 @@ class LlamaBlock(nn.Module):
   dropout: float = 0.0
   norm_epsilon: float = 1e-5
   dtype: jnp.dtype = jnp.float32  # compute dtype of the matmuls (ComputeOptions)
+  query_chunk: int = 0  # attention over this many queries at a time (0: all)
 
   @nn.compact
   def __call__(self, x: jax.Array, angles: jax.Array, deterministic: bool = True,
@@ -165,7 +217,7 @@ class LlamaBlock(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     attention = CausalSelfAttention(self.num_heads, width // self.num_heads, self.dtype,
-                                    name="attn")
+                                    self.query_chunk, name="attn")
     branch, cache = attention(RMSNorm(self.norm_epsilon, name="attn_norm")(x), angles, cache,
                               start)
     x = x + nn.Dropout(self.dropout)(branch, deterministic=deterministic)
