@@ -271,15 +271,13 @@ def generator_base_config() -> ml_collections.ConfigDict:
   c.ema = ml_collections.ConfigDict(dict(decay=0.0))
   # Generation metrics: `num_samples` samples (classes in turn) decoded by the tokenizer,
   # FD-VGG against the tokenizer run's held-out images (with LPIPS's VGG16; never FID),
-  # gFID with the user's InceptionV3 file; statistics cached in `reference_cache`.
+  # gFID with the user's InceptionV3 file, gFVD (I3D) for clips.
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=256,
       lpips=True,
       fvd=True,
       i3d_weights=config_dict.placeholder(str),
       inception_weights=config_dict.placeholder(str),
-      reference_cache=config_dict.placeholder(str),
-      every_steps=0,
       # The final evaluation also scores real training tokens decoded and tokens drawn
       # from their per-position marginals (evaluate/generation.py `baselines`).
       baselines=True,
