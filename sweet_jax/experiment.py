@@ -166,13 +166,16 @@ class Experiment:
   @property
   def kind(self) -> str:
     """"tokenizer" or "generator"."""
-    return "generator" if self.token_metadata is not None else "tokenizer"
+    return "generator" if is_generator(self.config.model.name) else "tokenizer"
 
   @property
   def modality(self) -> str:
     """"image" or "video": what the model takes and the run evaluates on (a generator:
-    what its tokenizer codes)."""
-    if self.token_metadata is not None:
+    what the tokenizer of its token dataset codes)."""
+    if self.kind == "generator":
+      if self.token_metadata is None:
+        raise ValueError("a generator without a token dataset (config.tokens.dir) has no "
+                         "tokenizer to decode with")
       return model_class(self.token_metadata["tokenizer"]["model"]).modality
     return self.model.modality
 

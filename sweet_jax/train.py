@@ -3,8 +3,8 @@
 `train_and_evaluate(config, workdir)` is the whole job. It resumes by itself whenever
 `workdir` (a local directory or a bucket, gs://...) holds a checkpoint (train state +
 data iterator position). Everything it runs comes from `experiment.build`; evaluations
-are `ReconstructionEvaluator`s and every file they leave is written by
-`evaluate.artifacts`.
+are `ReconstructionEvaluator`s for a tokenizer and a `GenerationEvaluator` for a
+generator on tokens, and every file they leave is written by `evaluate.artifacts`.
 """
 
 import time
