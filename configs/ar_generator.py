@@ -34,9 +34,7 @@ VARIANTS = ("cpu", "runlocal", "ucf101")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "cpu"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of ar_generator; choose one of {VARIANTS}")
+  variant = common.generator_variant(arg, "ar_generator", VARIANTS)
   c = common.generator_base_config()
   c.model = ml_collections.ConfigDict(dict(
       name="ar",
@@ -72,16 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.summary_every_steps = 500
   elif variant == "runlocal":
     c.model.update(width=32, depth=1, num_heads=2)
-    c.total_steps = 6
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.summary_every_steps = 3
-    c.checkpoint_every_steps = 2
-    c.eval.num_samples = 8
-    c.eval.lpips = False
-    c.num_summary_images = 4
+    common.generator_runlocal(c)
   else:  # ucf101
     c.model.update(vocab_size=8 + 5078 + 5403 + 1872 + 9267, seq_len=3848, num_classes=101,
                    width=1536, depth=24, num_heads=16, compute_dtype="bfloat16",

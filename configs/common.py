@@ -293,3 +293,26 @@ def generator_base_config() -> ml_collections.ConfigDict:
   c.num_summary_images = 16
   c.num_word_images = 2
   return c
+
+
+def generator_variant(arg: str | None, config_name: str, variants: tuple[str, ...]) -> str:
+  """The variant named by `arg` (default cpu), or an error listing the variants."""
+  variant = arg or "cpu"
+  if variant not in variants:
+    raise ValueError(f"unknown variant {variant!r} of {config_name}; choose one of {variants}")
+  return variant
+
+
+def generator_runlocal(c: ml_collections.ConfigDict) -> None:
+  """A generator's `runlocal` schedule (a run takes seconds, for the tests): 6 steps of
+  batch 8, a checkpoint every 2 steps, a summary at 3, 8 samples, no LPIPS network."""
+  c.total_steps = 6
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.optim.warmup_steps = 2
+  c.log_every_steps = 2
+  c.summary_every_steps = 3
+  c.checkpoint_every_steps = 2
+  c.eval.num_samples = 8
+  c.eval.lpips = False
+  c.num_summary_images = 4

@@ -27,9 +27,7 @@ VARIANTS = ("cpu", "runlocal", "imagenet")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "cpu"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of maskgit; choose one of {VARIANTS}")
+  variant = common.generator_variant(arg, "maskgit", VARIANTS)
   c = common.generator_base_config()
   c.model = ml_collections.ConfigDict(dict(
       name="maskgit",
@@ -57,16 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.num_samples = 128
   elif variant == "runlocal":
     c.model.update(width=32, depth=1, num_heads=2)
-    c.total_steps = 6
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.summary_every_steps = 3
-    c.checkpoint_every_steps = 2
-    c.eval.num_samples = 8
-    c.eval.lpips = False
-    c.num_summary_images = 4
+    common.generator_runlocal(c)
   else:  # imagenet, TiTok-B-64
     c.model.update(vocab_size=4096, seq_len=64, num_classes=1000, width=768, depth=24,
                    num_heads=16, compute_dtype="bfloat16")

@@ -22,7 +22,7 @@ from flax import linen as nn
 
 from sweet_jax.models.maskgit import mask_tokens, masked_cross_entropy, smoothed_cross_entropy
 from sweet_jax.optim import Schedule, group_hyperparams
-from sweet_jax.step import TrainState, discard_unless_finite, grad_norms_by_group
+from sweet_jax.step import TrainState, discard_unless_finite, ema_update, grad_norms_by_group
 
 GeneratorKind = Literal["ar", "maskgit"]
 
@@ -86,10 +86,7 @@ def make_generator_train_step(model: nn.Module, tx: optax.GradientTransformation
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
-    if ema_params is not None:
-      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-      ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+    ema_params = ema_update(state.ema_params, params, step, ema_decay)
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

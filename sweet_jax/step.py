@@ -119,6 +119,15 @@ def discard_unless_finite(finite: jax.Array, old: TrainState, new: TrainState) -
   return jax.tree.map(lambda n, k: jnp.where(finite, n, k), new, kept)
 
 
+def ema_update(ema_params: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """The EMA of the weights after this step (None when not kept); the decay warms up as
+  min(decay, (1 + step) / (10 + step))."""
+  if ema_params is None:
+    return None
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
+
+
 def grad_norms_by_group(grads: Any, groups: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
   """Global gradient norm of each parameter group (names a non-finite group)."""
   if not groups:
@@ -241,10 +250,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
-    ema_params = state.ema_params
-    if ema_params is not None:
-      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-      ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+    ema_params = ema_update(state.ema_params, params, step, ema_decay)
 
     disc = state.disc
     if disc is not None:

@@ -71,6 +71,7 @@ def test_plan_names_an_unknown_stage():
     plan.plan(sweet_image.get_config("runlocal"), ["decoder"])
 
 
+@pytest.mark.slow  # 50 s; the default suite times one-device benches (test_generator.py)
 def test_bench_sweeps_devices():
   config = sweet_image.get_config("runlocal")
   rows = []
