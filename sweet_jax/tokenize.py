@@ -223,7 +223,7 @@ def tokenize(workdir: str, out: str, *, dataset: str | None = None, split: str |
   groups = groups if set(groups) == set(shapes) else {"spatial": groups}
   from sweet_jax.models.token_layout import TokenLayout  # pylint: disable=g-import-not-at-top
   layout = TokenLayout.from_index_groups(shapes, groups)
-  record = {"tokenizer": {"workdir": str(workdir), "step": tok.step, "ema": tok.ema,
+  record = {"tokenizer": {"workdir": io.absolute(workdir), "step": tok.step, "ema": tok.ema,
                           "params_sha256": token_data.params_fingerprint(tok.params),
                           "model": tok.config.model.name,
                           "config": tok.config.to_json_best_effort()},
