@@ -1,8 +1,9 @@
 """Test set-up: 8 virtual CPU devices (so sharding is real), XLA compiling for speed of
-compilation, parsed absl flags, a per-run compilation cache (several tests compile the same train step), a fresh
-language-codebook cache, a small hand-made word graph for quantizer tests, `start_main`
-for the tests that run (and kill) the trainer as a process, and the `expensive` tests
-collected first."""
+compilation, parsed absl flags, a per-run compilation cache (several tests compile the
+same train step), a fresh language-codebook cache, a small hand-made word graph for
+quantizer tests, a tokenizer run and its token dataset shared by the tests that read
+them, `start_main` for the tests that run (and kill) the trainer as a process, and the
+`expensive` tests collected first."""
 
 import os
 import subprocess
@@ -81,6 +82,29 @@ def clips_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds_clips"))
   pipeline.get_data_source("sweet_embedded_clips", "train", data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory, embedded_data_dir) -> str:
+  """A run directory of the image SweetTokenizer (runlocal) holding a freshly initialised
+  state, its EMA half its weights (tests/runs.py); shared, read only."""
+  from configs import sweet_image  # pylint: disable=g-import-not-at-top
+  from tests.runs import make_run  # pylint: disable=g-import-not-at-top
+  config = sweet_image.get_config("runlocal")
+  with config.unlocked():
+    config.data.data_dir = embedded_data_dir
+    config.ema.decay = 0.9
+  return make_run(config, str(tmp_path_factory.mktemp("image_run")))
+
+
+@pytest.fixture(scope="session")
+def image_tokens(tmp_path_factory, image_run) -> str:
+  """A token dataset of `image_run`: 2 random crops of each training photo, with their
+  mirrored views; shared, read only."""
+  from sweet_jax.tokenize import tokenize  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("tokens") / "tokens")
+  tokenize(image_run, out, crops_per_image=2, flip=True, shard_size=16)
+  return out
 
 
 def main_env(data_dir: str | None = None,

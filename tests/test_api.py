@@ -16,35 +16,12 @@ from etils import epath
 from skimage import data as skimage_data
 
 import sweet_jax
-from configs import softvq, sweet_image, sweet_video, titok
-from sweet_jax import api, experiment, io
-from sweet_jax.checkpoint import Checkpointer
+from configs import softvq, sweet_video, titok
+from sweet_jax import api
 from sweet_jax.data import media
+from tests.runs import make_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_run(config, workdir: str, step: int = 3) -> str:
-  """A run directory as the trainer leaves it (config.json, codebook copy, checkpoint),
-  holding a freshly initialised state whose EMA differs from its weights."""
-  e = experiment.build(config, workdir=workdir, frozen_networks=False)
-  state = e.init_state()
-  state = state.replace(ema_params=jax.tree.map(lambda x: 0.5 * x, state.ema_params))
-  checkpointer = Checkpointer(str(epath.Path(workdir) / "checkpoints"), max_to_keep=1,
-                              save_interval_steps=1)
-  checkpointer.save_state(step, state)
-  checkpointer.close()
-  io.write_text(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, embedded_data_dir):
-  config = sweet_image.get_config("runlocal")
-  with config.unlocked():
-    config.data.data_dir = embedded_data_dir
-    config.ema.decay = 0.9
-  return make_run(config, str(tmp_path_factory.mktemp("image_run")))
 
 
 def photos():

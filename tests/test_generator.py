@@ -1,40 +1,27 @@
-"""Generators on tokens end to end: tokenize a tokenizer run's data, train an AR generator
-with the shared loop, resume bitwise, sample and score; the sharded step equals one
-device."""
+"""Generators on tokens end to end: train an AR generator on a tokenizer run's tokens
+with the shared loop, kill it and resume bitwise, sample and score; the sharded step
+equals one device."""
 
 import os
+import signal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import ar_generator, maskgit as maskgit_config, sweet_image
+from configs import ar_generator, maskgit as maskgit_config
 from sweet_jax import experiment, parallel
 from sweet_jax.evaluate.generation import GenerationEvaluator
 from sweet_jax.sample import write_samples
-from sweet_jax.tokenize import tokenize
 from sweet_jax.train import train_and_evaluate
-from tests.test_api import make_run
+from test_reliability import checkpoint_steps, signal_on_line
 
 
-@pytest.fixture(scope="module")
-def token_dir(tmp_path_factory, embedded_data_dir):
-  """Tokens of a (freshly initialised) image SweetTokenizer: 2 random crops of each
-  training photo, with their mirrored views."""
-  config = sweet_image.get_config("runlocal")
-  with config.unlocked():
-    config.data.data_dir = embedded_data_dir
-  run = make_run(config, str(tmp_path_factory.mktemp("tokenizer_run")))
-  out = str(tmp_path_factory.mktemp("tokens") / "tokens")
-  tokenize(run, out, crops_per_image=2, flip=True, shard_size=16)
-  return out
-
-
-def generator_config(token_dir, module=ar_generator):
+def generator_config(image_tokens, module=ar_generator):
   config = module.get_config("runlocal")
   with config.unlocked():
-    config.tokens.dir = token_dir
+    config.tokens.dir = image_tokens
   return config
 
 
@@ -43,15 +30,22 @@ def _saved_params(workdir, step):
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def test_ar_generator_trains_resumes_bitwise_and_samples(token_dir, tmp_path):
-  config = generator_config(token_dir)
+def test_ar_generator_trains_a_killed_run_resumes_bitwise_and_samples(
+    image_tokens, tmp_path, start_main):
+  config = generator_config(image_tokens)
   straight = str(tmp_path / "straight")
   metrics = train_and_evaluate(config, straight)
   assert metrics["step"] == 6 and metrics["num_samples"] == config.eval.num_samples
   assert os.path.exists(os.path.join(straight, "samples_grid.png"))
   assert os.path.exists(os.path.join(straight, "words.md"))  # the samples' words
+  # SIGKILLed while writing the step-4 checkpoint: the restart resumes from step 2 (the
+  # token iterator's state with it) and ends with the same weights.
   resumed = str(tmp_path / "resumed")
-  train_and_evaluate(config, resumed, stop_at_step=4)
+  proc = start_main("--config=configs/ar_generator.py:runlocal", f"--workdir={resumed}",
+                    f"--config.tokens.dir={image_tokens}")
+  log, _ = signal_on_line(proc, "Writing the checkpoint of step 4", signal.SIGKILL, delay=0.5)
+  assert proc.returncode == -signal.SIGKILL, log[-3000:]
+  assert checkpoint_steps(resumed) == [2], log[-3000:]
   train_and_evaluate(config, resumed)
   jax.tree.map(np.testing.assert_array_equal, _saved_params(straight, 6),
                _saved_params(resumed, 6))
@@ -70,8 +64,8 @@ def test_ar_generator_trains_resumes_bitwise_and_samples(token_dir, tmp_path):
     write_samples(straight, str(tmp_path / "d"), sampling=["temprature=0"])
 
 
-def test_sampled_tokens_respect_the_layout(token_dir):
-  e = experiment.build(generator_config(token_dir))
+def test_sampled_tokens_respect_the_layout(image_tokens):
+  e = experiment.build(generator_config(image_tokens))
   evaluator = GenerationEvaluator(e, num_samples=8, num_shown=4)
   params = e.init_state().params
   sequences = evaluator.sample(params, 8)
@@ -85,8 +79,8 @@ def test_sampled_tokens_respect_the_layout(token_dir):
 
 
 @pytest.mark.parametrize("module", [ar_generator, maskgit_config], ids=["ar", "maskgit"])
-def test_sharded_generator_step_equals_one_device(token_dir, module):
-  config = generator_config(token_dir, module)
+def test_sharded_generator_step_equals_one_device(image_tokens, module):
+  config = generator_config(image_tokens, module)
   with config.unlocked():
     config.mesh = (("data", 2), ("fsdp", 2), ("model", 2))
   sharded = experiment.build(config)
@@ -108,9 +102,9 @@ def test_sharded_generator_step_equals_one_device(token_dir, module):
                results[1][0])
 
 
-def test_bench_times_the_generator_step_and_both_samplers(token_dir):
+def test_bench_times_the_generator_step_and_both_samplers(image_tokens):
   from sweet_jax import bench
-  rows = bench.benchmark(generator_config(token_dir), steps=1, devices=jax.devices()[:1],
+  rows = bench.benchmark(generator_config(image_tokens), steps=1, devices=jax.devices()[:1],
                          ceiling=100.0)
   assert [r["stage"] for r in rows] == ["train", "kv_cache", "recompute"]
   assert rows[0]["gflop_per_step"] > 0 and rows[1]["tokens_per_s"] > 0

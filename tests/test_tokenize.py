@@ -4,20 +4,10 @@ import numpy as np
 import pytest
 from etils import epath
 
-from configs import sweet_image
 from sweet_jax import api
 from sweet_jax.data import tokens as token_data
 from sweet_jax.tokenize import tokenize
-from tests.test_api import make_run
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, embedded_data_dir):
-  config = sweet_image.get_config("runlocal")
-  with config.unlocked():
-    config.data.data_dir = embedded_data_dir
-    config.ema.decay = 0.9
-  return make_run(config, str(tmp_path_factory.mktemp("tokenize_run")))
+from tests.runs import make_run
 
 
 def test_tokenize_reads_back_resumes_and_refuses_other_weights(image_run, tmp_path):
