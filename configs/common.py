@@ -281,6 +281,9 @@ def generator_base_config() -> ml_collections.ConfigDict:
       # The final evaluation also scores real training tokens decoded and tokens drawn
       # from their per-position marginals (evaluate/generation.py `baselines`).
       baselines=True,
+      # The held-out data's feature statistics, shared with the tokenizers' evaluations
+      # (None: $SWEET_JAX_CACHE/reference_stats).
+      reference_cache=config_dict.placeholder(str),
   ))
   c.on_nonfinite = "halt"
   c.max_consecutive_nonfinite = 10

@@ -94,7 +94,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
   if e.kind == "generator":  # samples, decoded by the token dataset's tokenizer
-    held_out = summaries = GenerationEvaluator(e)
+    held_out = summaries = GenerationEvaluator(e, reference_cache=default_cache_dir(config))
     split_eval = None
     shown_model = held_out.shown_model
   else:

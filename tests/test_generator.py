@@ -12,6 +12,8 @@ import pytest
 
 from configs import ar_generator, maskgit as maskgit_config
 from sweet_jax import experiment, parallel
+from sweet_jax.data import pipeline
+from sweet_jax.evaluate import frechet
 from sweet_jax.evaluate.generation import GenerationEvaluator
 from sweet_jax.sample import write_samples
 from sweet_jax.train import train_and_evaluate
@@ -76,6 +78,42 @@ def test_sampled_tokens_respect_the_layout(image_tokens):
   assert np.all((sequences >= ranges[:, 0]) & (sequences < ranges[:, 1]))
   metrics, pictures, indices = evaluator.score_sequences(sequences)
   assert pictures.shape == (4, 32, 32, 3) and indices.shape == (4, 8, 3)
+
+
+def test_reference_statistics_are_cached_and_stale_ones_refused(image_tokens, tmp_path,
+                                                               monkeypatch):
+  """The held-out statistics go to the cache once, are read back by the next evaluator,
+  and a file whose count the split cannot give is refused. (The VGG features themselves:
+  the generate job; here a stand-in, to keep the network out of the suite.)"""
+  e = experiment.build(generator_config(image_tokens))
+  rng = np.random.default_rng(0)
+  computed = []
+
+  def fake_features(self, data):  # a row per held-out image, as the real features
+    del self
+    stats = frechet.FeatureStats()
+    rows = len(pipeline.get_data_source(data.name, data.eval_split, data.data_dir))
+    stats.add(rng.normal(size=(rows, 4)))
+    computed.append(1)
+    return {"vgg": stats}
+
+  monkeypatch.setattr(GenerationEvaluator, "_reference_features", fake_features)
+  cache = str(tmp_path / "cache")
+  first, second = (GenerationEvaluator(e, num_samples=8, reference_cache=cache)
+                   for _ in range(2))
+  for evaluator in (first, second):
+    evaluator.features = ("vgg",)
+  a = first.reference_statistics()
+  b = second.reference_statistics()
+  assert len(computed) == 1 and (first.reference_source, second.reference_source) == (
+      "computed", "cached")
+  np.testing.assert_allclose(a["vgg"][1], b["vgg"][1])
+  (path,) = (tmp_path / "cache").iterdir()
+  assert "sweet_embedded_photos" in path.name and "lpips_vgg16" in path.name
+  frechet.save_stats(str(path), *a["vgg"], count=10**6)  # more rows than the split has
+  second._reference = None  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="delete the file"):
+    second.reference_statistics()
 
 
 @pytest.mark.parametrize("module", [ar_generator, maskgit_config], ids=["ar", "maskgit"])

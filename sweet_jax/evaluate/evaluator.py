@@ -83,7 +83,7 @@ class ReconstructionEvaluator:
                                         config.eval_batch_size, hosts)
     self.cache_paths = {}
     if reference_cache is not None:
-      self.cache_paths = {name: _cache_path(reference_cache, experiment.modality, self.data,
+      self.cache_paths = {name: reference_cache_path(reference_cache, experiment.modality, self.data,
                                             self.split, name)
                           for name in experiment.eval_features}
     self._steps: dict[bool, Any] = {True: experiment.eval_step}  # real_features -> step
@@ -128,8 +128,10 @@ class ReconstructionEvaluator:
                       reference_statistics="cached" if reference is not None else "computed")
 
 
-def _cache_path(cache_dir: str, modality: str, data: ml_collections.ConfigDict, split: str,
-                feature: str) -> str:
+def reference_cache_path(cache_dir: str, modality: str, data: ml_collections.ConfigDict,
+                         split: str, feature: str) -> str:
+  """Where the statistics of `feature` (a FEATURE_NETWORKS key) of the originals of
+  `data`'s `split` are cached."""
   frames = f"x{data.num_frames}" if modality == "video" else ""
   preprocess = data.get("eval_preprocess", "center_clip")
   key = f"{data.name}_{split}_{data.image_size}{frames}_{preprocess}_{FEATURE_NETWORKS[feature]}"

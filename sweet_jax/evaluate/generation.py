@@ -14,6 +14,11 @@ same scoring applies to any sequences in the dataset's layout (`score_sequences`
 generate job's baselines use it on real training tokens and on tokens drawn from their
 per-position marginals. Few samples (hundreds) make a Fréchet distance biased upwards;
 compare only numbers computed on the same count.
+
+With a `reference_cache` the held-out data's feature statistics are read from, or
+written to, the same `.npz` files as the reconstruction evaluator's (evaluate/evaluator.py:
+per dataset, split, resolution, preprocessing and network), so a dataset's statistics are
+computed once for every tokenizer and generator evaluated on it.
 """
 
 import json
@@ -23,11 +28,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
 from sweet_jax import experiment as experiment_lib, parallel
-from sweet_jax.data import streams, tokens as token_data
+from sweet_jax.data import pipeline, streams, tokens as token_data
 from sweet_jax.evaluate import frechet
-from sweet_jax.evaluate.evaluator import EvalResult
+from sweet_jax.evaluate.evaluator import EvalResult, reference_cache_path
 from sweet_jax.evaluate.images import make_grid, to_uint8
 from sweet_jax.nets import frozen as frozen_lib
 from sweet_jax.nets.i3d import fvd_preprocess
@@ -43,7 +50,7 @@ class GenerationEvaluator:
   """`run(params, step) -> EvalResult` for a generator `Experiment` (kind "generator")."""
 
   def __init__(self, experiment: experiment_lib.Experiment, *, num_samples: int | None = None,
-               num_shown: int | None = None):
+               num_shown: int | None = None, reference_cache: str | None = None):
     e = experiment
     if e.kind != "generator":
       raise ValueError("GenerationEvaluator scores generators; use ReconstructionEvaluator")
@@ -86,6 +93,8 @@ class GenerationEvaluator:
     self._decode = jax.jit(self._decode_and_features)
     self._real = jax.jit(self._features)
     self._reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    self.reference_cache = reference_cache
+    self.reference_source = "computed"  # or "cached", once the statistics are known
 
   @property
   def shown_model(self):
@@ -117,23 +126,57 @@ class GenerationEvaluator:
   # -- scoring ---------------------------------------------------------------------
 
   def reference_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(mean, covariance) per feature of the tokenizer run's held-out data (computed once)."""
+    """(mean, covariance) per feature of the tokenizer run's held-out data: computed once,
+    or read from the reference cache."""
     if self._reference is None:
       tok = self.tokenizer
       data = streams.eval_data(tok.config, tok.modality)
-      hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-      batches = streams.eval_batches(data, tok.modality, data.eval_split, self.batch_size, hosts)
-      stats = {name: frechet.FeatureStats() for name in self.features}
-      with parallel.run_context(tok.mesh, tok.rules):
-        for batch in batches:
-          key = "video" if "video" in batch else "image"
-          pixels = jnp.asarray(batch[key], jnp.float32) / 255.0
-          mask = np.asarray(batch["mask"])
-          for name, value in jax.device_get(self._real(pixels, self.nets.params)).items():
-            value = np.asarray(value).reshape(len(mask), -1, value.shape[-1])[mask]
-            stats[name].add(value.reshape(-1, value.shape[-1]))
-      self._reference = {name: s.mean_and_covariance() for name, s in stats.items()}
+      paths = {}
+      if self.reference_cache is not None:
+        paths = {name: reference_cache_path(self.reference_cache, tok.modality, data,
+                                            data.eval_split, f"{name}_real")
+                 for name in self.features}
+      if paths and all(epath.Path(p).exists() for p in paths.values()):
+        self._reference = {name: self._load_cached(path, name, data)
+                           for name, path in paths.items()}
+        self.reference_source = "cached"
+      else:
+        stats = self._reference_features(data)
+        self._reference = {name: s.mean_and_covariance() for name, s in stats.items()}
+        if paths and jax.process_index() == 0:
+          for name, path in paths.items():
+            frechet.save_stats(path, *self._reference[name], stats[name].count)
+            logging.info("Cached reference statistics %s", path)
     return self._reference
+
+  def _reference_features(self, data: ml_collections.ConfigDict) -> dict[str, Any]:
+    tok = self.tokenizer
+    hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    batches = streams.eval_batches(data, tok.modality, data.eval_split, self.batch_size, hosts)
+    stats = {name: frechet.FeatureStats() for name in self.features}
+    with parallel.run_context(tok.mesh, tok.rules):
+      for batch in batches:
+        key = "video" if "video" in batch else "image"
+        pixels = jnp.asarray(batch[key], jnp.float32) / 255.0
+        mask = np.asarray(batch["mask"])
+        for name, value in jax.device_get(self._real(pixels, self.nets.params)).items():
+          value = np.asarray(value).reshape(len(mask), -1, value.shape[-1])[mask]
+          stats[name].add(value.reshape(-1, value.shape[-1]))
+    return stats
+
+  def _load_cached(self, path: str, name: str, data: ml_collections.ConfigDict
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Cached statistics, refused when their count cannot come from the split as it is
+    now (a split that grew or shrank since)."""
+    mean, covariance, count = frechet.load_stats(path)
+    examples = len(pipeline.get_data_source(data.name, data.eval_split, data.data_dir))
+    per_example = data.num_frames if self.tokenizer.modality == "video" and name == "vgg" else 1
+    most = examples * per_example
+    if not (1 - data.max_bad_fraction) * most <= count <= most:
+      raise ValueError(f"cached reference statistics {path} count {count} feature rows; "
+                       f"{data.name}:{data.eval_split} now gives up to {most}: delete the "
+                       "file to recompute them")
+    return mean, covariance
 
   def score_sequences(self, sequences: np.ndarray, with_metrics: bool = True
                       ) -> tuple[dict[str, float], np.ndarray, Any]:
@@ -224,7 +267,7 @@ class GenerationEvaluator:
     metrics["unique_sequences"] = int(len(np.unique(sequences, axis=0)))
     return EvalResult(step=int(step), dataset=str(self.experiment.config.tokens.dir),
                       split="samples", metrics=metrics, picture=sample_picture(pictures),
-                      shown_indices=indices, reference_statistics="computed")
+                      shown_indices=indices, reference_statistics=self.reference_source)
 
 
 def sample_picture(pictures: np.ndarray, per_row: int = 8) -> np.ndarray:
