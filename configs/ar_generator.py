@@ -2,7 +2,8 @@ r"""A class-conditional autoregressive transformer over a tokenizer's tokens (Ll
 GPT, arXiv:2406.06525; sweet_jax/models/ar.py), trained on a token dataset written by
 `python -m sweet_jax.tokenize`. Variants (`--config=configs/ar_generator.py:VARIANT`):
 
-  cpu       a small GPT over the main job's words (./launch/local.sh generate does it all):
+  cpu       a small GPT over the main job's words (./launch/local.sh generate does it all;
+            its token dataset has the tokenizer's training split and its held-out `eval`):
             python -m sweet_jax.main --config=configs/ar_generator.py:cpu \
               --workdir=workdirs/generate/ar --config.tokens.dir=workdirs/generate/tokens
   runlocal  a tiny model for tests (seconds).
@@ -63,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ~0.6 s per step on 2 cores: 1000 steps in about 10 minutes (3136 sequences of 100
     # ids from the generate job's tokens: 10 epochs).
     c.model.update(width=128, depth=4, num_heads=4, dropout=0.1)
+    c.tokens.eval_split = "eval"
     c.optim.update(lr=1e-3, warmup_steps=100)
     c.total_steps = 1000
     c.batch_size = 32

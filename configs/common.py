@@ -257,6 +257,8 @@ def generator_base_config() -> ml_collections.ConfigDict:
   c.tokens = ml_collections.ConfigDict(dict(
       dir=config_dict.placeholder(str),
       train_split="train",
+      # Tokens of held-out data (None: none): the evaluation's held-out NLL.
+      eval_split=config_dict.placeholder(str),
       flip=True,
       tokenizer_workdir=config_dict.placeholder(str),
       num_threads=2,

@@ -7,9 +7,10 @@
 #
 # With `generate` first: the generator job: the main job's tokenizer (trained first when
 # $TOKENIZER_WORKDIR has no finished run), its tokens of the embedded photos (64 seeded
-# crops of each, and their mirror images), then an AR transformer over those words
-# (configs/ar_generator.py:cpu); results: metrics.json (FD-VGG of samples beside the
-# real-token and marginal-token baselines), samples_grid.png, words.md.
+# crops of each, and their mirror images; and of the held-out crops), then an AR
+# transformer over those words (configs/ar_generator.py:cpu); results: metrics.json
+# (FD-VGG of samples beside the real-token and marginal-token baselines, held-out
+# token NLL beside the marginals'), samples_grid.png, words.md.
 #
 #   ./launch/local.sh                                  # configs/sweet_image.py:cpu
 #   ./launch/local.sh video                            # configs/sweet_video.py:cpu
@@ -39,6 +40,8 @@ if [[ "${1:-}" == "generate" ]]; then
   fi
   run .venv/bin/python -m sweet_jax.tokenize --workdir="$TOKENIZER_WORKDIR" \
     --out="$WORKDIR/tokens" --crops_per_image=64 --flip
+  run .venv/bin/python -m sweet_jax.tokenize --workdir="$TOKENIZER_WORKDIR" \
+    --out="$WORKDIR/tokens" --split=eval
   run .venv/bin/python -m sweet_jax.main --config="${CONFIG:-configs/ar_generator.py:cpu}" \
     --workdir="$WORKDIR/ar" --config.tokens.dir="$WORKDIR/tokens" "$@"
   exit 0

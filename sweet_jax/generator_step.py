@@ -11,6 +11,8 @@ A batch is `{"tokens": int32 [B, L], "label": int32 [B]}` in the token layout
            (LlamaGen, arXiv:2406.06525; the official SweetTok generator uses 0.1)
   maskgit  a scheduled share of the codes hidden behind the mask token; cross-entropy
            on the hidden ones (TiTok's `MLMLoss`, arXiv:2406.07550)
+
+`make_token_nll` scores held-out tokens the same way, without label smoothing or dropout.
 """
 
 from typing import Any, Callable, Literal
@@ -107,3 +109,35 @@ def make_generator_train_step(model: nn.Module, tx: optax.GradientTransformation
     return discard_unless_finite(finite, state, new_state), metrics
 
   return train_step
+
+
+def make_token_nll(model: nn.Module, *, kind: GeneratorKind, mask_schedule: str = "arccos",
+                   allowed_ranges: Any = None
+                   ) -> Callable[[Any, dict, jax.Array], dict[str, jax.Array]]:
+  """nll(params, batch, rng) -> {"nll_sum", "count"}: the summed negative log-likelihood
+  (nats) of the tokens of the examples with batch["mask"], and how many were scored.
+  AR: every token given the ones before it (the sequence's likelihood). MaskGIT: the
+  hidden tokens given the rest, under the training schedule's masks drawn from `rng`.
+  With `allowed_ranges` [L, 2] (the token layout's), each position's distribution is the
+  one the sampler draws from: renormalised over its own id range."""
+  if kind not in ("ar", "maskgit"):
+    raise ValueError(f"generator kind {kind!r}: use 'ar' or 'maskgit'")
+
+  def nll(params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+    tokens, labels = batch["tokens"].astype(jnp.int32), batch["label"].astype(jnp.int32)
+    if kind == "maskgit":
+      inputs, scored = mask_tokens(tokens, rng, model.mask_id, schedule=mask_schedule)
+    else:
+      inputs, scored = tokens, jnp.ones(tokens.shape, bool)
+    scored = scored & batch["mask"][:, None]
+    logits = model.apply({"params": params}, inputs, labels)
+    if allowed_ranges is not None:
+      ids = jnp.arange(logits.shape[-1])
+      ranges = jnp.asarray(allowed_ranges)
+      inside = (ids >= ranges[:, :1]) & (ids < ranges[:, 1:])  # [L, V]
+      logits = jnp.where(inside, logits, -jnp.inf)
+    loss = smoothed_cross_entropy(logits, tokens, 0.0)
+    return {"nll_sum": jnp.sum(jnp.where(scored, loss, 0.0)),
+            "count": jnp.sum(scored.astype(jnp.int32))}
+
+  return nll

@@ -100,10 +100,11 @@ def image_run(tmp_path_factory, embedded_data_dir) -> str:
 @pytest.fixture(scope="session")
 def image_tokens(tmp_path_factory, image_run) -> str:
   """A token dataset of `image_run`: 2 random crops of each training photo, with their
-  mirrored views; shared, read only."""
+  mirrored views, and split `eval_12`: the first 12 held-out crops; shared, read only."""
   from sweet_jax.tokenize import tokenize  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("tokens") / "tokens")
   tokenize(image_run, out, crops_per_image=2, flip=True, shard_size=16)
+  tokenize(image_run, out, split="eval[:12]", shard_size=16)
   return out
 
 

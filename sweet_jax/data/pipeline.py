@@ -239,14 +239,14 @@ def make_eval_batches(
   if preprocess not in _EVAL_PREPROCESS:
     raise ValueError(f"preprocess must be one of {sorted(_EVAL_PREPROCESS)}, got {preprocess!r}.")
   info = _source_info(source, "image", max_bad_fraction)
-  return _padded_batches(
+  return padded_batches(
       _TolerantSource(source, info), _EvalView(image_size, preprocess), _Padding(image_size),
       global_batch_size=global_batch_size, process_index=process_index,
       process_count=process_count, num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size)
 
 
-def _padded_batches(source: Any, view: grain.transforms.Map, padding: grain.transforms.Map, *,
+def padded_batches(source: Any, view: grain.transforms.Map, padding: grain.transforms.Map, *,
                     global_batch_size: int, process_index: int, process_count: int,
                     num_threads: int, prefetch_buffer_size: int) -> grain.IterDataset:
   """This host's slice as `view`s, then `padding` examples up to the batch count of the
@@ -495,7 +495,7 @@ def make_clip_eval_batches(
   metrics, and every host still yields the same number of batches.
   """
   info = _source_info(source, "video", max_bad_fraction)
-  return _padded_batches(
+  return padded_batches(
       _TolerantSource(source, info), _ClipEvalView(num_frames, image_size),
       _ClipPadding(num_frames, image_size),
       global_batch_size=global_batch_size, process_index=process_index,

@@ -27,7 +27,7 @@ from etils import epath
 from flax import traverse_util
 
 from sweet_jax import io
-from sweet_jax.data.pipeline import endless_batches
+from sweet_jax.data.pipeline import endless_batches, padded_batches
 from sweet_jax.models.token_layout import TokenLayout
 
 DATASET_NAME = "sweet_tokens"
@@ -121,3 +121,38 @@ def make_token_train_iterator(directory: str, split: str, *, global_batch_size: 
                           global_batch_size=global_batch_size, seed=seed,
                           process_index=process_index, process_count=process_count,
                           num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalTokenView(grain.transforms.Map):
+  """An example -> {"tokens", "label", "mask": True} (its own view, never the mirror)."""
+
+  layout: TokenLayout
+
+  def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    indices = {b: np.asarray(element[b])[None] for b in self.layout.shapes}
+    return {"tokens": self.layout.flatten(indices)[0],
+            "label": np.int32(max(int(element["label"]), 0)), "mask": np.bool_(True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _TokenPadding(grain.transforms.Map):
+  """Padding: the first id of each position's range, masked out."""
+
+  first_ids: np.ndarray
+
+  def map(self, element: Any) -> dict[str, np.ndarray]:
+    del element
+    return {"tokens": self.first_ids, "label": np.int32(0), "mask": np.bool_(False)}
+
+
+def make_token_eval_batches(directory: str, split: str, *, global_batch_size: int,
+                            process_index: int, process_count: int) -> grain.IterDataset:
+  """One pass over a token split as `{"tokens", "label", "mask"}` batches, every host the
+  same number of them (padding has mask=False), as the pixel evaluations read theirs."""
+  token_layout = layout(directory)
+  first_ids = token_layout.allowed_ranges()[:, 0].astype(np.int32)
+  return padded_batches(token_source(directory, split), _EvalTokenView(token_layout),
+                        _TokenPadding(first_ids), global_batch_size=global_batch_size,
+                        process_index=process_index, process_count=process_count,
+                        num_threads=2, prefetch_buffer_size=4)

@@ -15,6 +15,12 @@ generate job's baselines use it on real training tokens and on tokens drawn from
 per-position marginals. Few samples (hundreds) make a Fréchet distance biased upwards;
 compare only numbers computed on the same count.
 
+With config.tokens.eval_split (tokens of held-out data, `python -m sweet_jax.tokenize
+--split=...`), `run` also reports `heldout_nll`: nats per token of those sequences under
+the generator (AR: the sequence likelihood; MaskGIT: the hidden tokens under the training
+masks, a fixed seed), each position renormalised over its own id range as the sampler
+draws; the baselines add the per-position marginals' `marginal_heldout_nll`.
+
 With a `reference_cache` the held-out data's feature statistics are read from, or
 written to, the same `.npz` files as the reconstruction evaluator's (evaluate/evaluator.py:
 per dataset, split, resolution, preprocessing and network), so a dataset's statistics are
@@ -36,6 +42,7 @@ from sweet_jax.data import pipeline, streams, tokens as token_data
 from sweet_jax.evaluate import frechet
 from sweet_jax.evaluate.evaluator import EvalResult, reference_cache_path
 from sweet_jax.evaluate.images import make_grid, to_uint8
+from sweet_jax.generator_step import make_token_nll
 from sweet_jax.nets import frozen as frozen_lib
 from sweet_jax.nets.i3d import fvd_preprocess
 from sweet_jax.nets.lpips import LPIPS, pooled_vgg_features
@@ -90,6 +97,12 @@ class GenerationEvaluator:
     self.features = tuple(name for name, net in (("vgg", self.nets.lpips),
                                                  ("inception", self.nets.inception),
                                                  ("i3d", self.nets.i3d)) if net is not None)
+    self.eval_split = config.tokens.get("eval_split")
+    if self.eval_split:
+      nll = make_token_nll(e.model, kind=config.model.name,
+                           allowed_ranges=e.layout.allowed_ranges())
+      self._nll = jax.jit(nll, in_shardings=(e.state_sharding.params, e.batch_sharding,
+                                             parallel.replicated(e.mesh)))
     self._decode = jax.jit(self._decode_and_features)
     self._real = jax.jit(self._features)
     self._reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
@@ -215,6 +228,21 @@ class GenerationEvaluator:
     indices = jax.tree.map(lambda *a: np.concatenate(a)[:self.num_shown], *shown_indices)
     return metrics, pictures, indices
 
+  def heldout_nll(self, params: Any) -> float:
+    """Nats per token of config.tokens.eval_split's sequences (see the module docstring)."""
+    e = self.experiment
+    hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    batches = token_data.make_token_eval_batches(e.config.tokens.dir, self.eval_split,
+                                                 global_batch_size=self.batch_size, **hosts)
+    total, count = 0.0, 0
+    rng = jax.random.PRNGKey(e.config.seed)
+    with parallel.run_context(e.mesh, e.rules):
+      for i, batch in enumerate(batches):
+        out = jax.device_get(self._nll(params, parallel.to_global(batch, e.batch_sharding),
+                                       jax.random.fold_in(rng, i)))
+        total, count = total + float(out["nll_sum"]), count + int(out["count"])
+    return total / max(count, 1)
+
   def labels(self, num: int, classes: np.ndarray | None = None) -> np.ndarray:
     """`num` labels taking `classes` (default: every class) in turn; zeros for an
     unconditional model."""
@@ -257,7 +285,24 @@ class GenerationEvaluator:
     for name, sequences in (("real_tokens", real[:self.num_samples]), ("marginal", marginal)):
       metrics, _, _ = self.score_sequences(sequences)
       out.update({f"{name}_{k}": v for k, v in metrics.items() if k in METRICS})
+    if self.eval_split:
+      out["marginal_heldout_nll"] = self.marginal_nll(real, self.eval_split)
     return out
+
+  def marginal_nll(self, train: np.ndarray, split: str) -> float:
+    """Nats per token of `split`'s sequences under per-position frequencies of the
+    sequences `train`, add-half smoothed over each position's id range (a held-out id
+    that training never showed has a finite cost)."""
+    e = self.experiment
+    ranges = e.layout.allowed_ranges()
+    source = token_data.token_source(e.config.tokens.dir, split)
+    held_out = e.layout.flatten({b: np.stack([source[i][b] for i in range(len(source))])
+                                 for b in e.layout.shapes})
+    total = 0.0
+    for j, (low, high) in enumerate(ranges):
+      counts = np.bincount(train[:, j] - low, minlength=high - low) + 0.5
+      total -= np.log(counts[held_out[:, j] - low] / counts.sum()).sum()
+    return float(total / held_out.size)
 
   def run(self, params: Any, step: int) -> EvalResult:
     """Samples `num_samples` (the same seed every time: comparable across steps), decodes
@@ -265,6 +310,8 @@ class GenerationEvaluator:
     sequences = self.sample(params, self.num_samples, seed=self.experiment.config.seed + 1)
     metrics, pictures, indices = self.score_sequences(sequences)
     metrics["unique_sequences"] = int(len(np.unique(sequences, axis=0)))
+    if self.eval_split:
+      metrics["heldout_nll"] = self.heldout_nll(params)
     return EvalResult(step=int(step), dataset=str(self.experiment.config.tokens.dir),
                       split="samples", metrics=metrics, picture=sample_picture(pictures),
                       shown_indices=indices, reference_statistics=self.reference_source)
