@@ -91,6 +91,16 @@ def test_local_dry_run_prints_the_main_job():
   assert command[2:] == [".venv/bin/python", "-m", "sweet_jax.main",
                          "--config=configs/sweet_video.py:cpu",
                          "--workdir=workdirs/sweet_video_cpu", "--config.total_steps=3"]
+  # The generate job: the tokenizer (no finished run here), both splits' tokens, then the
+  # generator with the overrides.
+  train, tokens, held_out, generator = commands(
+      launch("local.sh", "generate", "--dry-run", "--config.total_steps=3").stdout)
+  assert train[-1] == "--workdir=workdirs/sweet_image_cpu"
+  assert "--flip" in tokens and "--split=eval" in held_out
+  assert generator[3:] == ["--config=configs/ar_generator.py:cpu",
+                           "--workdir=workdirs/generate/ar",
+                           "--config.tokens.dir=workdirs/generate/tokens",
+                           "--config.total_steps=3"]
 
 
 def test_scripts_pass_shellcheck():
