@@ -272,8 +272,8 @@ def generator_base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.1  # of the cross-entropy (LlamaGen, SweetTok, TiTok: 0.1)
   c.ema = ml_collections.ConfigDict(dict(decay=0.0))
   # Generation metrics: `num_samples` samples (classes in turn) decoded by the tokenizer,
-  # FD-VGG against the tokenizer run's held-out images (with LPIPS's VGG16; never FID),
-  # gFID with the user's InceptionV3 file, gFVD (I3D) for clips.
+  # FD-VGG against the training data and the tokenizer run's held-out images (with LPIPS's
+  # VGG16; never FID), gFID with the user's InceptionV3 file, gFVD (I3D) for clips.
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=256,
       lpips=True,
@@ -286,6 +286,9 @@ def generator_base_config() -> ml_collections.ConfigDict:
       # The held-out data's feature statistics, shared with the tokenizers' evaluations
       # (None: $SWEET_JAX_CACHE/reference_stats).
       reference_cache=config_dict.placeholder(str),
+      # The training reference: the pixels behind this many random training token examples
+      # (evaluate/generation.py); its statistics are cached in the token dataset.
+      reference_examples=1024,
   ))
   c.on_nonfinite = "halt"
   c.max_consecutive_nonfinite = 10

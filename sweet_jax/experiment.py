@@ -122,7 +122,7 @@ def _validate_generator(config: ml_collections.ConfigDict, num_devices: int) -> 
   parallel.mesh_shape(config.mesh, num_devices)
   _check_counts(config, ["batch_size", "eval_batch_size", "log_every_steps",
                          "checkpoint_every_steps", "summary_every_steps", "total_steps",
-                         "keep_checkpoints", "eval.num_samples"])
+                         "keep_checkpoints", "eval.num_samples", "eval.reference_examples"])
   _check_nonnegative({"num_summary_images": config.num_summary_images,
                       "max_consecutive_nonfinite": config.max_consecutive_nonfinite,
                       "model.num_classes": config.model.num_classes})

@@ -31,7 +31,7 @@ from etils import epath
 
 from sweet_jax import io
 from sweet_jax.cli import run_tool
-from sweet_jax.data import pipeline, preprocess
+from sweet_jax.data import pipeline
 from sweet_jax.data import tokens as token_data
 from sweet_jax.progress import duration
 
@@ -117,16 +117,12 @@ def shard_examples(source: Any, tok: Any, shard: int, settings: dict[str, Any]
   begin = shard * settings["shard_size"]
   end = min(begin + settings["shard_size"], settings["num_examples"])
   for example_id in range(begin, end):
-    index, crop = divmod(example_id, crops)
+    index = example_id // crops
     try:
       element = source[index]
       pixels = np.asarray(element["video"] if "video" in element else element["image"])
-      if crops == 1:
-        view = tok.prepare([pixels])[0]
-      else:
-        rng = np.random.default_rng([settings["seed"], index, crop])
-        view = preprocess.random_resized_crop(pixels, tok.image_size, rng,
-                                              tuple(settings["crop_scale"]), False)
+      view = (tok.prepare([pixels])[0] if crops == 1 and pixels.ndim == 4 else
+              token_data.source_view(pixels, example_id, settings, tok.image_size))
     except Exception as e:  # pylint: disable=broad-except; one bad example, reported
       logging.warning("Skipping example %d of %s: %s", index, settings["source_split"],
                       str(e).splitlines()[0] if str(e) else type(e).__name__)

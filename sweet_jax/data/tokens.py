@@ -27,6 +27,7 @@ from etils import epath
 from flax import traverse_util
 
 from sweet_jax import io
+from sweet_jax.data import media, preprocess
 from sweet_jax.data.pipeline import endless_batches, padded_batches
 from sweet_jax.models.token_layout import TokenLayout
 
@@ -107,6 +108,27 @@ class _TokenView(grain.transforms.RandomMap):
     indices = {b: np.asarray(element[prefix + b])[None] for b in self.layout.shapes}
     return {"tokens": self.layout.flatten(indices)[0],
             "label": np.int32(max(int(element["label"]), 0))}
+
+
+def source_view(pixels: np.ndarray, example_id: int, settings: Mapping[str, Any],
+                image_size: int, clip_frames: tuple[int, int] | None = None) -> np.ndarray:
+  """The model's view of token example `example_id` of a split tokenized with `settings`
+  (metadata.json "splits"), from its source image or clip `pixels` (source example
+  example_id // crops_per_image): the central view (a clip's usable frames, given
+  `clip_frames` = (temporal patch size, most frames)) or that crop's seeded random resized
+  crop. What the tokenizer coded; the generators' reference pixels."""
+  crops = settings["crops_per_image"]
+  index, crop = divmod(example_id, crops)
+  if crops > 1:
+    rng = np.random.default_rng([settings["seed"], index, crop])
+    return preprocess.random_resized_crop(pixels, image_size, rng,
+                                          tuple(settings["crop_scale"]), False)
+  if pixels.ndim == 3:
+    return media.fit_image(pixels, image_size)
+  if clip_frames is None:
+    raise ValueError("a clip's view needs clip_frames (temporal patch size, most frames)")
+  frames = media.usable_frames(len(pixels), *clip_frames)
+  return media.fit_clip(pixels, frames, image_size)
 
 
 def make_token_train_iterator(directory: str, split: str, *, global_batch_size: int,

@@ -132,6 +132,26 @@ def headline(metrics: dict[str, Any]) -> str:
   return ours
 
 
+def generation_lines(metrics: dict[str, Any]) -> list[str]:
+  """A generator's scores beside its baselines (where the run computed them)."""
+  def beside(key: str, digits: int = 1) -> str:
+    extra = [f"{name} {metrics[f'{prefix}_{key}']:.{digits}f}"
+             for prefix, name in (("marginal", "marginal tokens"), ("real_tokens", "real tokens"))
+             if f"{prefix}_{key}" in metrics]
+    return f"{metrics[key]:.{digits}f}" + (f" ({', '.join(extra)})" if extra else "")
+
+  lines = []
+  for key, name in (("fd_vgg", "FD-VGG"), ("gfid", "gFID"), ("gfvd", "gFVD")):
+    if key in metrics:
+      line = f"{name} against the training data: {beside(key)}"
+      if f"{key}_heldout" in metrics:
+        line += f"; against held-out data: {beside(key + '_heldout')}"
+      lines.append(line)
+  if "heldout_nll" in metrics:
+    lines.append(f"Held-out tokens: {beside('heldout_nll', 3)} nats per token")
+  return lines or ["No feature network: no Fréchet distance."]
+
+
 def run_summary(metrics: dict[str, Any], workdir: str, seconds: float) -> str:
   """The few lines a training run ends with: how far, the held-out figures against the
   thumbnail (per curriculum stage too) and the paths it wrote."""
@@ -142,13 +162,11 @@ def run_summary(metrics: dict[str, Any], workdir: str, seconds: float) -> str:
     return (f"Preempted (SIGTERM) {where}; run the same command again to resume.\n"
             f"Run directory: {workdir}")
   if "num_samples" in metrics:  # a generator
-    fd = ", ".join(f"{name} {metrics[key]:.1f}" for key, name in
-                   (("fd_vgg", "FD-VGG"), ("gfid", "gFID"), ("gfvd", "gFVD")) if key in metrics)
     return "\n".join([
         f"Step {metrics['step']} in {minutes(seconds)} ({minutes(metrics['train_seconds'])} "
-        f"training), {metrics['parameters']:,} parameters.",
-        f"{metrics['num_samples']} samples against the tokenizer's held-out data: "
-        f"{fd or 'no feature network'}; {metrics.get('unique_sequences', '?')} distinct.",
+        f"training), {metrics['parameters']:,} parameters; {metrics['num_samples']} samples, "
+        f"{metrics.get('unique_sequences', '?')} distinct.",
+        *generation_lines(metrics),
         f"Wrote in {workdir}: " + ", ".join(run_outputs(workdir))])
   count = metrics.get("num_images", metrics.get("num_clips"))
   what = "images" if "num_images" in metrics else "clips"

@@ -1,9 +1,18 @@
 """The generation evaluator: samples token sequences with a generator's parameters, decodes
-them with the tokenizer that made its token dataset, and scores the pictures against that
-tokenizer run's held-out data.
+them with the tokenizer that made its token dataset, and scores the pictures against two
+references:
+
+  training data   the pixels behind `config.eval.reference_examples` random examples of
+                  the generator's training tokens (the crops or clips the tokenizer coded,
+                  rebuilt from the token dataset's settings): what the generator models,
+                  as gFID is computed against ImageNet's training images (ADM's reference
+                  batches, arXiv:2105.05233). Metrics `fd_vgg`, `gfid`, `gfvd`.
+  held-out data   the tokenizer run's held-out images or clips: `*_heldout`. With a small
+                  training set (the embedded photos) the gap between the two sets of
+                  photos dominates it, for samples and baselines alike.
 
   FD-VGG  Fréchet distance of VGG16 relu5_3 features (LPIPS's trunk, averaged over space)
-          of samples and held-out images (or clip frames): offline, not comparable to FID
+          of images (or clip frames): offline, not comparable to FID
   gFID    the same on FID-InceptionV3 pool3 features, with the user's Inception file
           (config.eval.inception_weights); images only
   gFVD    on I3D Kinetics-400 logits of clips (video tokenizers)
@@ -21,10 +30,11 @@ the generator (AR: the sequence likelihood; MaskGIT: the hidden tokens under the
 masks, a fixed seed), each position renormalised over its own id range as the sampler
 draws; the baselines add the per-position marginals' `marginal_heldout_nll`.
 
-With a `reference_cache` the held-out data's feature statistics are read from, or
-written to, the same `.npz` files as the reconstruction evaluator's (evaluate/evaluator.py:
-per dataset, split, resolution, preprocessing and network), so a dataset's statistics are
-computed once for every tokenizer and generator evaluated on it.
+The training data's statistics are cached in the token dataset (`reference/`). With a
+`reference_cache` the held-out data's are read from, or written to, the same `.npz` files
+as the reconstruction evaluator's (evaluate/evaluator.py: per dataset, split, resolution,
+preprocessing and network), so a dataset's statistics are computed once for every
+tokenizer and generator evaluated on it.
 """
 
 import json
@@ -40,7 +50,7 @@ from etils import epath
 from sweet_jax import experiment as experiment_lib, parallel
 from sweet_jax.data import pipeline, streams, tokens as token_data
 from sweet_jax.evaluate import frechet
-from sweet_jax.evaluate.evaluator import EvalResult, reference_cache_path
+from sweet_jax.evaluate.evaluator import FEATURE_NETWORKS, EvalResult, reference_cache_path
 from sweet_jax.evaluate.images import make_grid, to_uint8
 from sweet_jax.generator_step import make_token_nll
 from sweet_jax.nets import frozen as frozen_lib
@@ -105,9 +115,12 @@ class GenerationEvaluator:
                                              parallel.replicated(e.mesh)))
     self._decode = jax.jit(self._decode_and_features)
     self._real = jax.jit(self._features)
-    self._reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    self._heldout: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     self.reference_cache = reference_cache
-    self.reference_source = "computed"  # or "cached", once the statistics are known
+    self.heldout_source = "computed"  # or "cached", once the statistics are known
+    self._training: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    self.training_source = "computed"
+    self.reference_examples = config.eval.get("reference_examples", 1024)
 
   @property
   def shown_model(self):
@@ -138,10 +151,89 @@ class GenerationEvaluator:
 
   # -- scoring ---------------------------------------------------------------------
 
-  def reference_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  def training_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(mean, covariance) per feature of the pixels behind `reference_examples` random
+    examples of the generator's training tokens (the crops the tokenizer coded, rebuilt
+    from the token dataset's recorded settings), cached in the token dataset's directory
+    (`reference/`)."""
+    if self._training is None:
+      e = self.experiment
+      split = e.config.tokens.train_split
+      settings = e.token_metadata["splits"][split]
+      tokens = token_data.token_source(e.config.tokens.dir, split)
+      count = min(self.reference_examples, len(tokens))
+      paths = {name: str(epath.Path(e.config.tokens.dir) / "reference" /
+                         f"{split}-{count}-{FEATURE_NETWORKS[name + '_real']}.npz")
+               for name in self.features}
+      if paths and all(epath.Path(p).exists() for p in paths.values()):
+        self._training = {}
+        for name, path in paths.items():
+          mean, covariance, rows = frechet.load_stats(path)
+          if rows != count * self._rows_per_example(name):
+            raise ValueError(f"cached reference statistics {path} have {rows} feature rows, "
+                             f"not {count * self._rows_per_example(name)}: delete the file "
+                             "to recompute them")
+          self._training[name] = (mean, covariance)
+        self.training_source = "cached"
+      else:
+        chosen = np.sort(np.random.default_rng(0).choice(len(tokens), count, replace=False))
+        example_ids = [int(tokens[int(i)]["id"]) for i in chosen]
+        stats = self._features_of_views(self._training_views(settings, example_ids))
+        self._training = {name: st.mean_and_covariance() for name, st in stats.items()}
+        if jax.process_index() == 0:
+          for name, path in paths.items():
+            frechet.save_stats(path, *self._training[name], stats[name].count)
+    return self._training
+
+  def _rows_per_example(self, name: str) -> int:
+    """Feature rows per clip or image (VGG features are per frame)."""
+    if self.tokenizer.modality == "video" and name == "vgg":
+      return self.tokenizer.model.num_frames
+    return 1
+
+  def _training_views(self, settings: dict[str, Any], example_ids: list[int]) -> Any:
+    """The model views of token examples `example_ids` (uint8), one at a time."""
+    tok = self.tokenizer
+    data = tok.config.video_data if tok.modality == "video" else tok.config.data
+    source = pipeline.get_data_source(settings["dataset"], settings["source_split"],
+                                      data.get("data_dir"))
+    clip_frames = ((tok.model.temporal_patch_size, tok.model.num_frames)
+                   if tok.modality == "video" else None)
+    crops = settings["crops_per_image"]
+    for example_id in example_ids:
+      element = source[example_id // crops]
+      pixels = np.asarray(element["video"] if "video" in element else element["image"])
+      yield token_data.source_view(pixels, example_id, settings, data.image_size, clip_frames)
+
+  def _features_of_views(self, views: Any) -> dict[str, frechet.FeatureStats]:
+    """Feature statistics of uint8 views, in batches of the evaluation's size."""
+    stats = {name: frechet.FeatureStats() for name in self.features}
+    tok = self.tokenizer
+    batch: list[np.ndarray] = []
+
+    def flush():
+      count = len(batch)
+      pixels = np.stack(batch + [batch[-1]] * (self.batch_size - count)) / 255.0
+      with parallel.run_context(tok.mesh, tok.rules):
+        features = jax.device_get(self._real(jnp.asarray(pixels, jnp.float32),
+                                             self.nets.params))
+      for name, value in features.items():
+        value = np.asarray(value).reshape(self.batch_size, -1, value.shape[-1])[:count]
+        stats[name].add(value.reshape(-1, value.shape[-1]))
+      batch.clear()
+
+    for view in views:
+      batch.append(view)
+      if len(batch) == self.batch_size:
+        flush()
+    if batch:
+      flush()
+    return stats
+
+  def heldout_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(mean, covariance) per feature of the tokenizer run's held-out data: computed once,
     or read from the reference cache."""
-    if self._reference is None:
+    if self._heldout is None:
       tok = self.tokenizer
       data = streams.eval_data(tok.config, tok.modality)
       paths = {}
@@ -150,19 +242,19 @@ class GenerationEvaluator:
                                             data.eval_split, f"{name}_real")
                  for name in self.features}
       if paths and all(epath.Path(p).exists() for p in paths.values()):
-        self._reference = {name: self._load_cached(path, name, data)
+        self._heldout = {name: self._load_cached(path, name, data)
                            for name, path in paths.items()}
-        self.reference_source = "cached"
+        self.heldout_source = "cached"
       else:
-        stats = self._reference_features(data)
-        self._reference = {name: s.mean_and_covariance() for name, s in stats.items()}
+        stats = self._heldout_features(data)
+        self._heldout = {name: s.mean_and_covariance() for name, s in stats.items()}
         if paths and jax.process_index() == 0:
           for name, path in paths.items():
-            frechet.save_stats(path, *self._reference[name], stats[name].count)
+            frechet.save_stats(path, *self._heldout[name], stats[name].count)
             logging.info("Cached reference statistics %s", path)
-    return self._reference
+    return self._heldout
 
-  def _reference_features(self, data: ml_collections.ConfigDict) -> dict[str, Any]:
+  def _heldout_features(self, data: ml_collections.ConfigDict) -> dict[str, Any]:
     tok = self.tokenizer
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batches = streams.eval_batches(data, tok.modality, data.eval_split, self.batch_size, hosts)
@@ -217,13 +309,13 @@ class GenerationEvaluator:
           shown.append(to_uint8(np.asarray(pixels)[:count]))
           shown_indices.append(jax.tree.map(lambda a: np.asarray(a)[:count], indices))
     metrics: dict[str, float] = {"num_samples": int(len(sequences))}
-    reference = self.reference_statistics() if with_metrics else {}
-    for metric, feature in METRICS.items():
-      if feature not in reference:
-        continue
-      if feature in stats and stats[feature].count >= 2:
-        metrics[metric] = frechet.frechet_distance(*reference[feature],
-                                                   *stats[feature].mean_and_covariance())
+    references = ({"": self.training_statistics(), "_heldout": self.heldout_statistics()}
+                  if with_metrics else {})
+    for suffix, reference in references.items():
+      for metric, feature in METRICS.items():
+        if feature in reference and feature in stats and stats[feature].count >= 2:
+          metrics[metric + suffix] = frechet.frechet_distance(
+              *reference[feature], *stats[feature].mean_and_covariance())
     pictures = np.concatenate(shown)[:self.num_shown] if shown else np.zeros((0,), np.uint8)
     indices = jax.tree.map(lambda *a: np.concatenate(a)[:self.num_shown], *shown_indices)
     return metrics, pictures, indices
@@ -284,7 +376,7 @@ class GenerationEvaluator:
     out = {}
     for name, sequences in (("real_tokens", real[:self.num_samples]), ("marginal", marginal)):
       metrics, _, _ = self.score_sequences(sequences)
-      out.update({f"{name}_{k}": v for k, v in metrics.items() if k in METRICS})
+      out.update({f"{name}_{k}": v for k, v in metrics.items() if k != "num_samples"})
     if self.eval_split:
       out["marginal_heldout_nll"] = self.marginal_nll(real, self.eval_split)
     return out
@@ -314,7 +406,9 @@ class GenerationEvaluator:
       metrics["heldout_nll"] = self.heldout_nll(params)
     return EvalResult(step=int(step), dataset=str(self.experiment.config.tokens.dir),
                       split="samples", metrics=metrics, picture=sample_picture(pictures),
-                      shown_indices=indices, reference_statistics=self.reference_source)
+                      shown_indices=indices,
+                      reference_statistics=(f"training: {self.training_source}, "
+                                            f"held-out: {self.heldout_source}"))
 
 
 def sample_picture(pictures: np.ndarray, per_row: int = 8) -> np.ndarray:
