@@ -242,8 +242,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.warning("Preempted: stopped at step %d with its checkpoint written", step)
       return {"step": step, "preempted": True, "train_seconds": round(train_seconds, 1)}
     final = last_result if last_result is not None and step == total else summarize(step, "final")
+  baselines_picture = None
   if e.kind == "generator" and config.eval.baselines:
-    final.metrics.update(held_out.baselines())
+    baselines, baselines_picture = held_out.baselines(samples=held_out.shown_samples)
+    final.metrics.update(baselines)
   eval_metrics = dict(final.metrics, step=step, parameters=num_parameters,
                       train_seconds=round(train_seconds, 1),
                       nonfinite_steps=guard.total,
@@ -255,6 +257,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     paths = artifacts.write_run_outputs(workdir, eval_metrics, final, shown_model,
                                         picture_name="samples" if e.kind == "generator"
                                         else "recon")
+    if baselines_picture is not None:
+      paths.append(artifacts.write_baselines_picture(workdir, baselines_picture))
     logging.debug("Wrote %s", ", ".join(str(p) for p in paths))  # (the summary lists them)
   checkpointer.close()
   return eval_metrics

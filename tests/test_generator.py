@@ -81,6 +81,11 @@ def test_sampled_tokens_respect_the_layout(image_tokens):
   assert np.all((sequences >= ranges[:, 0]) & (sequences < ranges[:, 1]))
   metrics, pictures, indices = evaluator.score_sequences(sequences)
   assert pictures.shape == (4, 32, 32, 3) and indices.shape == (4, 8, 3)
+  # The baselines' picture: training crops, their tokens decoded, samples, marginal tokens.
+  evaluator = GenerationEvaluator(e, num_samples=8, num_shown=8)
+  _, pictures, _ = evaluator.score_sequences(sequences)
+  _, picture = evaluator.baselines(samples=pictures)
+  assert picture.dtype == np.uint8 and picture.shape[0] == 4 * 32 + 5 * 2
 
 
 def test_heldout_nll_is_the_mean_token_likelihood(image_tokens):

@@ -7,6 +7,7 @@
   recon_grid.png       images: originals / reconstructions / bit-matched thumbnails
   recon.mp4, recon_<stage>.mp4   clips: originals above reconstructions
   samples_grid.png, samples.mp4  a generator's samples, decoded by its tokenizer
+  baselines_grid.png   training crops, their tokens decoded, samples, marginal tokens
   words.md             the words of the shown examples' tokens (language codebook)
 """
 
@@ -97,6 +98,13 @@ def write_run_outputs(workdir: str, metrics: dict[str, Any], result: EvalResult,
   return paths
 
 
+def write_baselines_picture(workdir: str, picture: Any) -> epath.Path:
+  """baselines_grid.png: a generator's samples between its baselines."""
+  path = epath.Path(workdir) / "baselines_grid.png"
+  save_png(path, picture)
+  return path
+
+
 # The headline figures of a summary, in order, with how to print each.
 _HEADLINE = (("psnr", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.3f}"), ("lpips", "LPIPS {:.3f}"),
              ("fd_vgg", "FD-VGG {:.1f}"), ("rfvd", "rFVD {:.1f}"),
@@ -108,7 +116,7 @@ def run_outputs(workdir: str) -> list[str]:
   workdir = epath.Path(workdir)
   present = {p.name for p in workdir.iterdir()} if workdir.is_dir() else set()
   first = ["metrics.json", "stage_metrics.json", "recon_grid.png", "recon.mp4",
-           "samples_grid.png", "samples.mp4", "words.md"]
+           "samples_grid.png", "samples.mp4", "baselines_grid.png", "words.md"]
   names = [n for n in first if n in present]
   names += sorted(n for n in present if n.startswith("recon_") and n.endswith(".mp4"))
   names += sorted((n for n in present if n.startswith("eval_") and n.endswith(".json")),

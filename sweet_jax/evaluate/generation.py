@@ -51,7 +51,7 @@ from sweet_jax import experiment as experiment_lib, parallel
 from sweet_jax.data import pipeline, streams, tokens as token_data
 from sweet_jax.evaluate import frechet
 from sweet_jax.evaluate.evaluator import FEATURE_NETWORKS, EvalResult, reference_cache_path
-from sweet_jax.evaluate.images import make_grid, to_uint8
+from sweet_jax.evaluate.images import make_grid, to_uint8, with_row_labels
 from sweet_jax.generator_step import make_token_nll
 from sweet_jax.nets import frozen as frozen_lib
 from sweet_jax.nets.i3d import fvd_preprocess
@@ -121,6 +121,7 @@ class GenerationEvaluator:
     self._training: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     self.training_source = "computed"
     self.reference_examples = config.eval.get("reference_examples", 1024)
+    self.shown_samples: np.ndarray | None = None  # the last `run`'s decoded samples shown
 
   @property
   def shown_model(self):
@@ -359,13 +360,18 @@ class GenerationEvaluator:
         out.append(np.asarray(jax.device_get(e.eval_step(params, batch, rng))))
     return np.concatenate(out)[:num]
 
-  def baselines(self, split: str | None = None, seed: int = 0) -> dict[str, float]:
+  def baselines(self, split: str | None = None, seed: int = 0,
+                samples: np.ndarray | None = None
+                ) -> tuple[dict[str, float], np.ndarray | None]:
     """The scores that bracket a generator, on as many sequences as `run` scores:
     real training tokens decoded (`real_tokens_*`: the tokenizer's ceiling) and tokens
     drawn independently per position from those tokens' marginal frequencies
-    (`marginal_*`: what a generator must beat to have learned any structure)."""
+    (`marginal_*`: what a generator must beat to have learned any structure). Also, for
+    images, a labelled picture: training crops, their tokens decoded, `samples` (uint8
+    decoded samples, when given) and marginal tokens decoded, a row of 8 each."""
     e = self.experiment
-    source = token_data.token_source(e.config.tokens.dir, split or e.config.tokens.train_split)
+    split = split or e.config.tokens.train_split
+    source = token_data.token_source(e.config.tokens.dir, split)
     rng = np.random.default_rng(seed)
     # The marginals from up to MARGINAL_EXAMPLES random training examples.
     count = min(len(source), max(self.num_samples, MARGINAL_EXAMPLES))
@@ -373,13 +379,23 @@ class GenerationEvaluator:
     real = e.layout.flatten({b: np.stack([x[b] for x in examples]) for b in e.layout.shapes})
     marginal = np.stack([real[rng.integers(0, len(real), self.num_samples), j]
                          for j in range(real.shape[1])], axis=1)
-    out = {}
+    out, rows = {}, {}
     for name, sequences in (("real_tokens", real[:self.num_samples]), ("marginal", marginal)):
-      metrics, _, _ = self.score_sequences(sequences)
+      metrics, pictures, _ = self.score_sequences(sequences)
       out.update({f"{name}_{k}": v for k, v in metrics.items() if k != "num_samples"})
+      rows[name] = pictures
     if self.eval_split:
       out["marginal_heldout_nll"] = self.marginal_nll(real, self.eval_split)
-    return out
+    if self.tokenizer.modality == "video" or min(len(r) for r in rows.values()) < 8:
+      return out, None
+    crops = np.stack(list(self._training_views(e.token_metadata["splits"][split],
+                                               [int(x["id"]) for x in examples[:8]])))
+    labelled = [("training crops", crops), ("their tokens\ndecoded", rows["real_tokens"])]
+    if samples is not None and len(samples) >= 8:
+      labelled.append(("generator\nsamples", samples))
+    labelled.append(("marginal\ntokens", rows["marginal"]))
+    grid = make_grid([np.asarray(x[:8], np.uint8) for _, x in labelled])
+    return out, with_row_labels(grid, [name for name, _ in labelled])
 
   def marginal_nll(self, train: np.ndarray, split: str) -> float:
     """Nats per token of `split`'s sequences under per-position frequencies of the
@@ -401,6 +417,7 @@ class GenerationEvaluator:
     and scores them; the picture is a grid of the first `num_shown`."""
     sequences = self.sample(params, self.num_samples, seed=self.experiment.config.seed + 1)
     metrics, pictures, indices = self.score_sequences(sequences)
+    self.shown_samples = pictures  # (the baselines' picture shows them beside theirs)
     metrics["unique_sequences"] = int(len(np.unique(sequences, axis=0)))
     if self.eval_split:
       metrics["heldout_nll"] = self.heldout_nll(params)
