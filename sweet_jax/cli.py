@@ -126,6 +126,8 @@ def initialize_distributed(enabled: bool, coordinator_address: str | None = None
   if num_processes is not None and not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id={process_id} is not in [0, {num_processes})")
   import jax  # pylint: disable=g-import-not-at-top
+  logging.info("Joining the multi-host job (coordinator %s)",
+               coordinator_address or "from the cluster's environment")
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
   logging.info("Process %d of %d, %d local of %d devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -101,7 +101,9 @@ def write_samples(workdir: str, out: str, *, num: int = 64, classes: list[int] |
   tokenizer = evaluator.shown_model
   if tokenizer.has_words:
     paths.append(out_dir / "words.md")
-    io.write_text(paths[-1], sample_words_markdown(tokenizer, by_branch["spatial"]))
+    names = [f"sample {i}" + (f" (class {int(c)})" if e.model.num_classes else "")
+             for i, c in enumerate(labels)]
+    io.write_text(paths[-1], sample_words_markdown(tokenizer, by_branch["spatial"], names))
   if jax.process_index() == 0:
     print(f"{num} samples from step {step} of {workdir}; wrote "
           + ", ".join(str(p) for p in paths))

@@ -40,7 +40,8 @@ def test_ar_generator_trains_a_killed_run_resumes_bitwise_and_samples(
   metrics = train_and_evaluate(config, straight)
   assert metrics["step"] == 6 and metrics["num_samples"] == config.eval.num_samples
   assert os.path.exists(os.path.join(straight, "samples_grid.png"))
-  assert os.path.exists(os.path.join(straight, "words.md"))  # the samples' words
+  with open(os.path.join(straight, "words.md")) as f:  # the samples' words
+    assert "**sample 0**" in f.read()
   # SIGKILLed as it starts writing the step-4 checkpoint: the restart resumes from the
   # last complete one (step 2, or 4 when this small state was written before the signal
   # landed), the token iterator's state with it, and ends with the same weights. (A kill
@@ -58,6 +59,7 @@ def test_ar_generator_trains_a_killed_run_resumes_bitwise_and_samples(
   # seed 1 with the same settings), settings overridable.
   first = write_samples(straight, str(tmp_path / "a"), num=5, seed=3)
   assert [p.name for p in first] == ["samples_grid.png", "samples.npz", "words.md"]
+  assert "**sample 4**" in first[2].read_text()
   a = np.load(str(first[1]))
   assert a["indices_spatial"].shape == (5, 8, 3)
   greedy = write_samples(straight, str(tmp_path / "c"), num=5, seed=3,

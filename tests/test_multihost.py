@@ -148,15 +148,19 @@ def test_sigterm_to_one_host_stops_both_at_one_checkpointed_step(tmp_path, embed
 
 def test_sigterm_to_one_host_before_it_joins_stops_both_before_training(tmp_path,
                                                                        embedded_data_dir):
-  """A SIGTERM during process 1's imports, before jax.distributed (and its preemption
-  service) starts: both processes stop once the run is built, exit 0, and save nothing.
+  """A SIGTERM as process 1 joins, before jax.distributed (and its preemption service)
+  is up: both processes stop once the run is built, exit 0, and save nothing.
   Before issue #20 process 1 kept the notice to itself and both trained on."""
   workdir = str(tmp_path / "preempted_at_start")
   procs = _start_two_hosts(workdir, embedded_data_dir, "--verbose")
   try:
-    for line in procs[1].stdout:  # TF's banner (--verbose): imports, before joining the job
-      if "oneDNN custom operations" in line:
+    # Just before it joins (TF's banner, once the marker here, is not printed on every
+    # CPU; process 0 then blocked on its unread output and the test hung).
+    for line in procs[1].stdout:
+      if "Joining the multi-host job" in line:
         break
+    else:
+      raise AssertionError("process 1 never said it was joining the job")
     procs[1].send_signal(signal.SIGTERM)
     logs = [proc.communicate(timeout=300)[0] for proc in procs]
   finally:

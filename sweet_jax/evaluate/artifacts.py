@@ -13,6 +13,7 @@
 
 from typing import Any
 
+import jax
 from absl import logging
 from etils import epath
 
@@ -94,7 +95,11 @@ def write_run_outputs(workdir: str, metrics: dict[str, Any], result: EvalResult,
     save_png(paths[-1], result.picture)
   if model.has_words:
     paths.append(workdir / "words.md")
-    io.write_text(paths[-1], sample_words_markdown(model, result.shown_indices))
+    names = None
+    if picture_name == "samples":  # a generator's samples, not held-out examples
+      count = len(jax.tree.leaves(result.shown_indices)[0])
+      names = [f"sample {i}" for i in range(count)]
+    io.write_text(paths[-1], sample_words_markdown(model, result.shown_indices, names))
   return paths
 
 
