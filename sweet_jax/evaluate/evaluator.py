@@ -83,8 +83,8 @@ class ReconstructionEvaluator:
                                         config.eval_batch_size, hosts)
     self.cache_paths = {}
     if reference_cache is not None:
-      self.cache_paths = {name: reference_cache_path(reference_cache, experiment.modality, self.data,
-                                            self.split, name)
+      self.cache_paths = {name: reference_cache_path(reference_cache, experiment.modality,
+                                                     self.data, self.split, name)
                           for name in experiment.eval_features}
     self._steps: dict[bool, Any] = {True: experiment.eval_step}  # real_features -> step
 

@@ -157,6 +157,8 @@ class GenerationEvaluator:
     examples of the generator's training tokens (the crops the tokenizer coded, rebuilt
     from the token dataset's recorded settings), cached in the token dataset's directory
     (`reference/`)."""
+    if self._training is None and not self.features:
+      self._training = {}  # no feature network: nothing to compare
     if self._training is None:
       e = self.experiment
       split = e.config.tokens.train_split
@@ -170,10 +172,11 @@ class GenerationEvaluator:
         self._training = {}
         for name, path in paths.items():
           mean, covariance, rows = frechet.load_stats(path)
-          if rows != count * self._rows_per_example(name):
+          most = count * self._rows_per_example(name)
+          if not count <= rows <= most:
             raise ValueError(f"cached reference statistics {path} have {rows} feature rows, "
-                             f"not {count * self._rows_per_example(name)}: delete the file "
-                             "to recompute them")
+                             f"not {count}" + (f" to {most}" if most > count else "") +
+                             ": delete the file to recompute them")
           self._training[name] = (mean, covariance)
         self.training_source = "cached"
       else:
@@ -187,7 +190,7 @@ class GenerationEvaluator:
     return self._training
 
   def _rows_per_example(self, name: str) -> int:
-    """Feature rows per clip or image (VGG features are per frame)."""
+    """Feature rows per clip (at most: VGG features are per frame) or image."""
     if self.tokenizer.modality == "video" and name == "vgg":
       return self.tokenizer.model.num_frames
     return 1
@@ -234,6 +237,8 @@ class GenerationEvaluator:
   def heldout_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(mean, covariance) per feature of the tokenizer run's held-out data: computed once,
     or read from the reference cache."""
+    if self._heldout is None and not self.features:
+      self._heldout = {}
     if self._heldout is None:
       tok = self.tokenizer
       data = streams.eval_data(tok.config, tok.modality)
