@@ -57,21 +57,26 @@ def parse_arg(arg: str | None, config_name: str, variants: tuple[str, ...],
   return variant, codebook
 
 
-def runlocal_schedule(c: ml_collections.ConfigDict) -> None:
-  """The `runlocal` variants' schedule (a run takes seconds, for the tests): 6 steps of
-  batch 8, a checkpoint every 2 steps, summaries at 3, a quarter of the held-out crops.
-  LPIPS-VGG16 at 32x32 runs at
-  ~16 GFLOP/s on XLA:CPU, slower than the model itself, so evaluations leave it out;
-  the tests that check the LPIPS / FD-VGG metrics turn it on."""
+def seconds_schedule(c: ml_collections.ConfigDict, eval_batch_size: int) -> None:
+  """What every `runlocal` variant shares: 6 steps of batch 8 (warm-up 2), a log and a
+  checkpoint every 2 steps, a summary of 4 examples at 3, no LPIPS network."""
   c.total_steps = 6
   c.batch_size = 8
-  c.eval_batch_size = 16
+  c.eval_batch_size = eval_batch_size
   c.num_summary_images = 4
   c.optim.warmup_steps = 2
   c.log_every_steps = 2
   c.summary_every_steps = 3
   c.checkpoint_every_steps = 2
   c.eval.lpips = False
+
+
+def runlocal_schedule(c: ml_collections.ConfigDict) -> None:
+  """A tokenizer's `runlocal` schedule (a run takes seconds, for the tests):
+  `seconds_schedule` with evaluation batches of 16 and a quarter of the held-out crops.
+  LPIPS-VGG16 at 32x32 runs at ~16 GFLOP/s on XLA:CPU, slower than the model itself, so
+  evaluations leave it out; the tests that check the LPIPS / FD-VGG metrics turn it on."""
+  seconds_schedule(c, eval_batch_size=16)
   # The first quarter of the held-out split: of the embedded one's 256 crops (stored
   # interleaved), 8 of each photo.
   c.data.eval_split = "eval[:25%]"
@@ -312,15 +317,7 @@ def generator_variant(arg: str | None, config_name: str, variants: tuple[str, ..
 
 
 def generator_runlocal(c: ml_collections.ConfigDict) -> None:
-  """A generator's `runlocal` schedule (a run takes seconds, for the tests): 6 steps of
-  batch 8, a checkpoint every 2 steps, a summary at 3, 8 samples, no LPIPS network."""
-  c.total_steps = 6
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.optim.warmup_steps = 2
-  c.log_every_steps = 2
-  c.summary_every_steps = 3
-  c.checkpoint_every_steps = 2
+  """A generator's `runlocal` schedule (a run takes seconds, for the tests):
+  `seconds_schedule` with evaluation batches of 8, and 8 samples."""
+  seconds_schedule(c, eval_batch_size=8)
   c.eval.num_samples = 8
-  c.eval.lpips = False
-  c.num_summary_images = 4
