@@ -210,28 +210,27 @@ class GenerationEvaluator:
       yield token_data.source_view(pixels, example_id, settings, data.image_size, clip_frames)
 
   def _features_of_views(self, views: Any) -> dict[str, frechet.FeatureStats]:
-    """Feature statistics of uint8 views, in batches of the evaluation's size."""
+    """Feature statistics of uint8 views, in padded batches of the evaluation's size."""
+    def batches():
+      batch: list[np.ndarray] = []
+      for view in views:
+        batch.append(view)
+        if len(batch) == self.batch_size:
+          yield _padded(batch, self.batch_size)
+          batch = []
+      if batch:
+        yield _padded(batch, self.batch_size)
+
+    return self._pixel_statistics(batches())
+
+  def _pixel_statistics(self, batches: Any) -> dict[str, frechet.FeatureStats]:
+    """Feature statistics of (uint8 pixels [B, ...], bool keep [B]) batches."""
     stats = {name: frechet.FeatureStats() for name in self.features}
     tok = self.tokenizer
-    batch: list[np.ndarray] = []
-
-    def flush():
-      count = len(batch)
-      pixels = np.stack(batch + [batch[-1]] * (self.batch_size - count)) / 255.0
-      with parallel.run_context(tok.mesh, tok.rules):
-        features = jax.device_get(self._real(jnp.asarray(pixels, jnp.float32),
-                                             self.nets.params))
-      for name, value in features.items():
-        value = np.asarray(value).reshape(self.batch_size, -1, value.shape[-1])[:count]
-        stats[name].add(value.reshape(-1, value.shape[-1]))
-      batch.clear()
-
-    for view in views:
-      batch.append(view)
-      if len(batch) == self.batch_size:
-        flush()
-    if batch:
-      flush()
+    with parallel.run_context(tok.mesh, tok.rules):
+      for pixels, keep in batches:
+        pixels = jnp.asarray(pixels, jnp.float32) / 255.0
+        add_features(stats, jax.device_get(self._real(pixels, self.nets.params)), keep)
     return stats
 
   def heldout_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -264,16 +263,8 @@ class GenerationEvaluator:
     tok = self.tokenizer
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batches = streams.eval_batches(data, tok.modality, data.eval_split, self.batch_size, hosts)
-    stats = {name: frechet.FeatureStats() for name in self.features}
-    with parallel.run_context(tok.mesh, tok.rules):
-      for batch in batches:
-        key = "video" if "video" in batch else "image"
-        pixels = jnp.asarray(batch[key], jnp.float32) / 255.0
-        mask = np.asarray(batch["mask"])
-        for name, value in jax.device_get(self._real(pixels, self.nets.params)).items():
-          value = np.asarray(value).reshape(len(mask), -1, value.shape[-1])[mask]
-          stats[name].add(value.reshape(-1, value.shape[-1]))
-    return stats
+    return self._pixel_statistics((batch["video" if "video" in batch else "image"],
+                                   np.asarray(batch["mask"])) for batch in batches)
 
   def _load_cached(self, path: str, name: str, data: ml_collections.ConfigDict
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -308,9 +299,7 @@ class GenerationEvaluator:
         indices = by_branch if tok.modality == "video" else by_branch["spatial"]
         pixels, features = jax.device_get(self._decode(self.tokenizer_params, indices,
                                                        self.nets.params))
-        for name, value in features.items():
-          value = np.asarray(value).reshape(len(part), -1, value.shape[-1])[:count]
-          stats[name].add(value.reshape(-1, value.shape[-1]))
+        add_features(stats, features, np.arange(len(part)) < count)
         if sum(len(s) for s in shown) < self.num_shown:
           shown.append(to_uint8(np.asarray(pixels)[:count]))
           shown_indices.append(jax.tree.map(lambda a: np.asarray(a)[:count], indices))
@@ -431,6 +420,22 @@ class GenerationEvaluator:
                       shown_indices=indices,
                       reference_statistics=(f"training: {self.training_source}, "
                                             f"held-out: {self.heldout_source}"))
+
+
+def add_features(stats: dict[str, frechet.FeatureStats], features: dict[str, Any],
+                 keep: np.ndarray) -> None:
+  """Adds to `stats` the rows of the examples `keep` (bool [B]) of each feature, [B, D] or
+  per frame [B, T, D]."""
+  for name, value in features.items():
+    value = np.asarray(value)
+    value = value.reshape(len(keep), -1, value.shape[-1])[keep]
+    stats[name].add(value.reshape(-1, value.shape[-1]))
+
+
+def _padded(views: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`views` stacked and padded to `size` with copies of the last, and which are real."""
+  return (np.stack(views + [views[-1]] * (size - len(views))),
+          np.arange(size) < len(views))
 
 
 def sample_picture(pictures: np.ndarray, per_row: int = 8) -> np.ndarray:
