@@ -114,6 +114,8 @@ def shard_examples(source: Any, tok: Any, shard: int, settings: dict[str, Any]
   """(example id, the model's view, label) of one shard; an unreadable example is
   skipped with a warning."""
   crops = settings["crops_per_image"]
+  clip_frames = ((tok.model.temporal_patch_size, tok.model.num_frames)
+                 if tok.modality == "video" else None)
   begin = shard * settings["shard_size"]
   end = min(begin + settings["shard_size"], settings["num_examples"])
   for example_id in range(begin, end):
@@ -121,8 +123,7 @@ def shard_examples(source: Any, tok: Any, shard: int, settings: dict[str, Any]
     try:
       element = source[index]
       pixels = np.asarray(element["video"] if "video" in element else element["image"])
-      view = (tok.prepare([pixels])[0] if crops == 1 and pixels.ndim == 4 else
-              token_data.source_view(pixels, example_id, settings, tok.image_size))
+      view = token_data.source_view(pixels, example_id, settings, tok.image_size, clip_frames)
     except Exception as e:  # pylint: disable=broad-except; one bad example, reported
       logging.warning("Skipping example %d of %s: %s", index, settings["source_split"],
                       str(e).splitlines()[0] if str(e) else type(e).__name__)
